@@ -22,6 +22,9 @@ TINY_WORDS = (
 ).split()
 
 SDXL_TIME_EMBED_DIM = 256  # ComfyUI's SDXL embeds the six size/crop ids at this width; keep it.
+# ComfyUI fixes the latent scaling per model class; VAEs meant for its SDXL / FLUX must use the same.
+SDXL_LATENT_SCALE = 0.13025
+FLUX_LATENT_SCALE, FLUX_LATENT_SHIFT = 0.3611, 0.1159
 
 
 def _tokenizer_dir(kind: str, words: tuple[str, ...], max_length: int) -> Path:
@@ -69,8 +72,12 @@ def tiny_vae(latent_channels: int = 4, levels: int = 3, width: int = 32, scaling
 
 
 def sdxl_unet_config(sample_size: int = 8, channels=(32, 64), context: int = 96, pooled: int = 64,
-                     head_channels: int = 32) -> dict:
-    """An SDXL-family UNet config (the layout ComfyUI's SDXL model class can mirror)."""
+                     head_channels: int = 64) -> dict:
+    """An SDXL-family UNet config (the layout ComfyUI's SDXL model class can mirror).
+
+    Heads are 64 channels wide, as in SDXL: with narrower heads diffusers and ComfyUI split the
+    attention differently and the two backends stop agreeing.
+    """
     return dict(
         sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=1,
         block_out_channels=tuple(channels),
@@ -95,7 +102,7 @@ def tiny_sdxl_components(seed: int = 0, words=TINY_WORDS, unet_config: dict | No
     text_encoder_2 = CLIPTextModelWithProjection(clip_text_config(tokenizer_2, 64))
     config = unet_config or sdxl_unet_config(context=32 + 64, pooled=64)
     unet = UNet2DConditionModel(**config)
-    vae = tiny_vae(levels=3)
+    vae = tiny_vae(levels=3, scaling_factor=SDXL_LATENT_SCALE)
     scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                        prediction_type="epsilon", timestep_spacing="leading", steps_offset=1)
     return dict(unet=unet, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
@@ -129,7 +136,7 @@ def tiny_flux_components(seed: int = 0, words=TINY_WORDS, transformer_config: di
         decoder_start_token_id=0,
     ))
     transformer = FluxTransformer2DModel(**(transformer_config or flux_transformer_config()))
-    vae = tiny_vae(levels=3, shift_factor=0.0)
+    vae = tiny_vae(levels=3, scaling_factor=FLUX_LATENT_SCALE, shift_factor=FLUX_LATENT_SHIFT)
     scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15)
     return dict(transformer=transformer, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
                 tokenizer=tokenizer, tokenizer_2=tokenizer_2, vae=vae, scheduler=scheduler)

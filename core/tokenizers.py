@@ -16,17 +16,14 @@ T5_SPECIALS = ("<pad>", "</s>", "<unk>")
 
 
 def _byte_alphabet() -> list[str]:
-    """CLIP's reversible byte → printable-unicode table (the GPT-2 scheme)."""
+    """CLIP's byte → printable-unicode symbols, in CLIP's vocabulary order (printable bytes first).
+
+    The order matters: ComfyUI pads CLIP-G prompts with id 0, which must be "!" as in CLIP's vocabulary.
+    """
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
         list(range(ord("®"), ord("ÿ") + 1))
-    chars, extra = [], 0
-    for b in range(256):
-        if b in printable:
-            chars.append(chr(b))
-        else:
-            chars.append(chr(256 + extra))
-            extra += 1
-    return chars
+    others = [b for b in range(256) if b not in printable]
+    return [chr(b) for b in printable] + [chr(256 + n) for n in range(len(others))]
 
 
 def _clip_vocab_and_merges(words: list[str]) -> tuple[dict[str, int], list[str]]:

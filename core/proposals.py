@@ -1,0 +1,66 @@
+"""Proposals: many images of one prompt, batched, each reproducible from its own seed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .interface import DiffusionBackend, ProtagonistError, TokenEmbedding
+from .sampling import StepCallback, cfg_guidance, sample, seeded_noise
+
+
+@dataclass
+class ProposalSettings:
+    """How proposals are drawn. Image i uses seed `seed + i`."""
+
+    count: int = 4
+    seed: int = 0
+    steps: int = 30
+    cfg: float = 7.5
+    sampler: str = "euler"
+    height: int = 1024
+    width: int = 1024
+    batch_size: int = 4
+
+    def check(self) -> None:
+        if self.count < 1:
+            raise ProtagonistError(f"`count` must be at least 1, got {self.count}")
+        if self.batch_size < 1:
+            raise ProtagonistError(f"`batch_size` must be at least 1, got {self.batch_size}")
+        if self.steps < 1:
+            raise ProtagonistError(f"`steps` must be at least 1, got {self.steps}")
+
+
+@dataclass
+class Proposals:
+    latents: torch.Tensor  # [N, C, h, w] in the denoiser's space
+    images: torch.Tensor  # [N, 3, H, W] in [0, 1]
+    seeds: list[int]
+
+
+def generate_proposals(
+    backend: DiffusionBackend,
+    prompt: str,
+    negative: str,
+    settings: ProposalSettings,
+    tokens: list[TokenEmbedding] | None = None,
+    callback: StepCallback | None = None,
+) -> Proposals:
+    """`settings.count` images of `prompt`, sampled `settings.batch_size` at a time with CFG."""
+    settings.check()
+    size = (settings.height, settings.width)
+    with torch.no_grad():
+        positive = backend.encode_prompts([prompt], tokens=tokens, image_size=size)
+        negative_cond = backend.encode_prompts([negative], image_size=size)
+    seeds = [settings.seed + i for i in range(settings.count)]
+    latents, images = [], []
+    for start in range(0, settings.count, settings.batch_size):
+        batch_seeds = seeds[start:start + settings.batch_size]
+        noise = seeded_noise(batch_seeds, backend.latent_shape(len(batch_seeds), *size))
+        batch = sample(backend, [negative_cond, positive], noise, settings.steps, cfg_guidance(settings.cfg),
+                       settings.sampler, callback=callback)
+        latents.append(batch)
+        with torch.no_grad():
+            images.append(backend.decode_latents(batch))
+    return Proposals(torch.cat(latents), torch.cat(images), seeds)

@@ -1,0 +1,151 @@
+"""The pack inside a real ComfyUI process: registration, headless execution, and backend parity."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import pytest
+import torch
+
+from protagonist.core.sampling import cfg_guidance, sample, seeded_noise
+from protagonist.core.tiny_models import tiny_sdxl
+
+PARITY_TOLERANCE = 1e-4
+OUR_NODES = {"Protagonist_ProposalSampler"}
+
+
+@pytest.fixture(scope="module")
+def diffusers_sdxl():
+    backend = tiny_sdxl(0)
+    for module in backend.modules().values():
+        module.eval()
+    return backend
+
+
+@pytest.fixture(scope="module")
+def comfy_sdxl(comfy_nodes, diffusers_sdxl):
+    from . import tiny_comfy
+
+    b = diffusers_sdxl
+    model = tiny_comfy.comfy_sdxl_model(b.unet)
+    clip = tiny_comfy.comfy_sdxl_clip(b.text_encoders["clip_l"], b.text_encoders["clip_g"],
+                                      b.tokenizers["clip_l"], b.tokenizers["clip_g"])
+    return model, clip, tiny_comfy.comfy_vae(b.vae)
+
+
+def pack_module(name: str):
+    """A module of the pack as ComfyUI imported it (ComfyUI names the package after its folder path)."""
+    from .conftest import PACK_ROOT
+
+    return sys.modules[str(PACK_ROOT).replace(".", "_x_") + "." + name]
+
+
+@pytest.fixture(scope="module")
+def comfy_backend(comfy_sdxl):
+    model, clip, vae = comfy_sdxl
+    return pack_module("nodes.comfy_backend").ComfyBackend(model, clip, vae)
+
+
+def test_every_node_registers(comfy_nodes):
+    registered = {name for name in comfy_nodes.NODE_CLASS_MAPPINGS if name.startswith("Protagonist_")}
+    assert registered == OUR_NODES
+
+
+def test_text_encoding_matches(diffusers_sdxl, comfy_backend):
+    with torch.no_grad():
+        ours = diffusers_sdxl.encode_prompts(["a photo of a blob on the beach"], word="blob")
+        theirs = comfy_backend.encode_prompts(["a photo of a blob on the beach"], word="blob")
+    assert (ours.embeds - theirs.embeds).abs().max() <= PARITY_TOLERANCE
+    assert (ours.pooled - theirs.pooled).abs().max() <= PARITY_TOLERANCE
+    assert ours.word_positions == theirs.word_positions
+
+
+@pytest.mark.parametrize("sigma", [0.1, 1.0, 14.0])
+def test_prediction_parity(diffusers_sdxl, comfy_backend, sigma):
+    with torch.no_grad():
+        negative, positive = diffusers_sdxl.encode_prompts([""]), diffusers_sdxl.encode_prompts(["a red blob"])
+        x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1)) * (1 + sigma)
+        ours = diffusers_sdxl.predict(x, torch.tensor(sigma), [negative, positive])
+        comfy = [c.replace(extras={"comfy": {"width": 32, "height": 32, "target_width": 32, "target_height": 32}})
+                 for c in (negative, positive)]
+        with comfy_backend.session():
+            theirs = comfy_backend.predict(x, torch.tensor(sigma), comfy)
+    assert ours.shape == theirs.shape == (2, 2, 4, 8, 8)
+    assert (ours - theirs).abs().max() <= PARITY_TOLERANCE
+
+
+def test_vae_parity(diffusers_sdxl, comfy_backend):
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ours = diffusers_sdxl.encode_images(images)
+        theirs = comfy_backend.encode_images(images)
+        assert (ours - theirs).abs().max() <= PARITY_TOLERANCE
+        assert (diffusers_sdxl.decode_latents(ours) - comfy_backend.decode_latents(ours)).abs().max() <= 1e-4
+
+
+def test_core_sampler_same_image_on_both_backends(diffusers_sdxl, comfy_backend):
+    size = (32, 32)
+    noise = seeded_noise([5, 6], diffusers_sdxl.latent_shape(2, *size))
+    results = []
+    for backend in (diffusers_sdxl, comfy_backend):
+        with torch.no_grad():
+            conds = [backend.encode_prompts([""], image_size=size), backend.encode_prompts(["a blob"], image_size=size)]
+            results.append(sample(backend, conds, noise, 6, cfg_guidance(4.0), sampler="dpmpp_2m"))
+    assert (results[0] - results[1]).abs().max() <= 1e-3
+
+
+def _tiny_loader_node(comfy_sdxl):
+    """A test-only node that hands the in-process tiny models to a prompt."""
+    from comfy_api.v0_0_2 import io
+
+    class TinyModels(io.ComfyNode):
+        @classmethod
+        def define_schema(cls):
+            return io.Schema(node_id="ProtagonistTest_TinyModels", category="testing", inputs=[],
+                             outputs=[io.Model.Output(), io.Clip.Output(), io.Vae.Output()])
+
+        @classmethod
+        def execute(cls):
+            return io.NodeOutput(*comfy_sdxl)
+
+    return TinyModels
+
+
+class _StubServer:
+    client_id = None
+    last_node_id = None
+    last_prompt_id = None
+    sockets_metadata: dict = {}
+
+    def __init__(self):
+        self.messages = []
+
+    def send_sync(self, event, data, sid=None):
+        self.messages.append((event, data))
+
+
+def run_prompt(prompt: dict) -> dict:
+    """Validate and execute an API-format prompt with ComfyUI's own executor; the outputs by node id."""
+    import execution
+
+    valid = asyncio.run(execution.validate_prompt("test", prompt, None))
+    assert valid[0], valid
+    executor = execution.PromptExecutor(_StubServer())
+    asyncio.run(executor.execute_async(prompt, "test", {}, valid[2]))
+    assert executor.success, executor.status_messages
+    return executor.history_result["outputs"], executor
+
+
+def test_proposal_sampler_runs_in_comfyui(comfy_nodes, comfy_sdxl):
+    comfy_nodes.NODE_CLASS_MAPPINGS["ProtagonistTest_TinyModels"] = _tiny_loader_node(comfy_sdxl)
+    prompt = {
+        "1": {"class_type": "ProtagonistTest_TinyModels", "inputs": {}},
+        "2": {"class_type": "Protagonist_ProposalSampler", "inputs": {
+            "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "prompt": "a photo of a blob", "negative": "",
+            "count": 3, "seed": 11, "steps": 4, "cfg": 5.0, "sampler": "euler", "width": 32, "height": 32,
+            "batch_size": 2}},
+        "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}},
+    }
+    outputs, executor = run_prompt(prompt)
+    assert len(outputs["3"]["images"]) == 3
