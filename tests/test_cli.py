@@ -1,0 +1,30 @@
+"""The command line: help lists a subcommand per method; `sample` writes images and a contact sheet."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from PIL import Image
+
+from protagonist.cli import main
+
+
+def test_help_lists_every_method():
+    result = subprocess.run([sys.executable, "-m", "protagonist", "--help"], capture_output=True, text=True,
+                            check=True)
+    for command in ("sample", "chosen-one", "oneactor", "dsd"):
+        assert command in result.stdout
+
+
+def test_sample_writes_seeded_images_and_contact_sheet(tmp_path):
+    args = ["sample", "--count", "3", "--steps", "2", "--seed", "4", "--batch-size", "2", "--out", str(tmp_path)]
+    assert main(args) == 0
+    names = sorted(p.name for p in tmp_path.glob("seed*.png"))
+    assert names == ["seed000004.png", "seed000005.png", "seed000006.png"]
+    sheet = Image.open(tmp_path / "contact_sheet.png")
+    assert sheet.width >= 2 * 32 * 4
+
+
+def test_unimplemented_method_says_so_and_fails():
+    assert main(["dsd"]) == 2
