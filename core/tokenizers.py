@@ -31,7 +31,8 @@ def _clip_vocab_and_merges(words: list[str]) -> tuple[dict[str, int], list[str]]
     tokens = alphabet + [c + "</w>" for c in alphabet]
     merges: list[str] = []
     seen = set(tokens)
-    for word in sorted(set(w.lower() for w in words if w)):
+    # Longer words' merges rank first, so a short word's merge cannot split a longer word that contains it.
+    for word in sorted(set(w.lower() for w in words if w), key=lambda w: (-len(w), w)):
         if any(c not in alphabet for c in word) or len(word) < 2:
             continue
         prefix = word[0]

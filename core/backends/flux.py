@@ -60,7 +60,7 @@ class DiffusersFlux(DiffusersBackend):
         stand_in = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.pad_token_id
         tokenized = text.tokenize_batch(tokenizer, prompts, max_length, tokens, word, stand_in_id=stand_in)
         ids = torch.tensor([t.ids for t in tokenized], device=encoder.device)
-        with text.spliced_embeddings(encoder.get_input_embeddings(), tokenized, tokens, key):
+        with text.spliced_embeddings(text.input_embedding(encoder), tokenized, tokens, key):
             out = encoder(ids)
         return out, tokenized
 

@@ -49,7 +49,7 @@ def load_pipeline(source: str, family: str | None = None, dtype: torch.dtype = t
             kwargs = {"config": config} if config else {}
             return cls.from_single_file(str(path), torch_dtype=dtype, **kwargs), family
         return cls.from_pretrained(str(source), torch_dtype=dtype), family
-    except OSError as error:
+    except (OSError, ValueError) as error:
         raise ProtagonistError(
             f"could not load the {family.upper()} model {source!r}: {error}. Pass a local diffusers folder "
             f"(with model_index.json), a single .safetensors checkpoint (with `config` for offline use), or a "

@@ -52,7 +52,7 @@ class DiffusersSDXL(DiffusersBackend):
                                             stand_in_id=tokenizer.bos_token_id)
             positions = positions or [t.word_positions for t in tokenized]
             ids = torch.tensor([t.ids for t in tokenized], device=encoder.device)
-            with text.spliced_embeddings(encoder.get_input_embeddings(), tokenized, tokens, key):
+            with text.spliced_embeddings(text.input_embedding(encoder), tokenized, tokens, key):
                 out = encoder(ids, output_hidden_states=True)
             hidden.append(out.hidden_states[-2])
             if key == "clip_g":

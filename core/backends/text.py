@@ -112,6 +112,16 @@ def spliced_embeddings(embedding: torch.nn.Module, tokenized: list[TokenizedProm
         handle.remove()
 
 
+def input_embedding(encoder) -> torch.nn.Module:
+    """The module that looks token ids up in `encoder`.
+
+    transformers 5's T5 encoder looks tokens up through `encoder.embed_tokens`, a module distinct from
+    the model's `get_input_embeddings()` (they share the weight), so a hook must sit on the former.
+    """
+    inner = getattr(getattr(encoder, "encoder", None), "embed_tokens", None)
+    return inner if inner is not None else encoder.get_input_embeddings()
+
+
 def word_rows(tokenizer, embedding: torch.nn.Module, word: str) -> torch.Tensor:
     """The embedding rows of `word`'s tokens ([n_tokens, width])."""
     ids = tokenizer(word, add_special_tokens=False)["input_ids"]
