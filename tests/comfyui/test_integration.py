@@ -149,3 +149,24 @@ def test_proposal_sampler_runs_in_comfyui(comfy_nodes, comfy_sdxl):
     }
     outputs, executor = run_prompt(prompt)
     assert len(outputs["3"]["images"]) == 3
+
+
+@pytest.mark.parametrize("sigma", [0.2, 0.9])
+def test_flux_prediction_parity(comfy_nodes, sigma):
+    from protagonist.core.tiny_models import tiny_flux
+
+    from . import tiny_comfy
+
+    ours = tiny_flux(0)
+    for module in ours.modules().values():
+        module.eval()
+    model = tiny_comfy.comfy_flux_model(ours.transformer)
+    theirs = pack_module("nodes.comfy_backend").ComfyBackend(model)
+    assert theirs.family == "flux" and theirs.schedule.prediction_type == "flow"
+    with torch.no_grad():
+        cond = ours.encode_prompts(["a photo of a blob"])
+        x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+        expected = ours.predict(x, torch.tensor(sigma), [cond])
+        with theirs.session():
+            got = theirs.predict(x, torch.tensor(sigma), [cond])
+    assert (expected - got).abs().max() <= PARITY_TOLERANCE

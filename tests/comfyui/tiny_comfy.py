@@ -143,3 +143,33 @@ def comfy_vae(vae) -> comfy.sd.VAE:
                        dtype=torch.float32)
     out.downscale_ratio = out.upscale_ratio = 2 ** (len(c.block_out_channels) - 1)
     return out
+
+
+def comfy_flux_unet_config(config) -> dict:
+    """ComfyUI's FLUX config for a diffusers `FluxTransformer2DModel` config (patch 2 over latent channels)."""
+    return {
+        "image_model": "flux", "in_channels": config["in_channels"] // 4, "out_channels": config["in_channels"] // 4,
+        "patch_size": 2, "vec_in_dim": config["pooled_projection_dim"], "context_in_dim": config["joint_attention_dim"],
+        "hidden_size": config["num_attention_heads"] * config["attention_head_dim"], "mlp_ratio": 4.0,
+        "num_heads": config["num_attention_heads"], "depth": config["num_layers"],
+        "depth_single_blocks": config["num_single_layers"], "axes_dim": list(config["axes_dims_rope"]),
+        "theta": 10000, "qkv_bias": True, "guidance_embed": config["guidance_embeds"],
+    }
+
+
+def comfy_flux_model(transformer) -> comfy.model_patcher.ModelPatcher:
+    """A ComfyUI FLUX MODEL holding the diffusers `transformer`'s weights (converted by ComfyUI itself)."""
+    import comfy.model_detection
+
+    unet_config = comfy_flux_unet_config(transformer.config)
+    model_config = comfy.supported_models.Flux(unet_config)
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model({})
+    # ComfyUI's converter rewrites some tensors in place (scale/shift swap): give it copies.
+    state = comfy.model_detection.convert_diffusers_mmdit(
+        {k: v.detach().clone() for k, v in transformer.state_dict().items()}, "")
+    missing, unexpected = model.diffusion_model.load_state_dict(state, strict=False)
+    assert not missing and not unexpected, (missing, unexpected)
+    model.eval()
+    device = comfy.model_management.get_torch_device()
+    return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=device)
