@@ -1,0 +1,45 @@
+"""Run-directory checkpoints: a resumed run continues exactly where the interrupted one stopped."""
+
+from __future__ import annotations
+
+import torch
+
+from protagonist.core.checkpoint import load_checkpoint, save_checkpoint
+
+
+def _train(model, optimizer, steps, start=0):
+    for step in range(start, steps):
+        x = torch.randn(8, 4, generator=torch.Generator().manual_seed(step))
+        loss = (model(x) - x.sum(dim=1, keepdim=True)).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def _fresh():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-2)
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    model, optimizer = _fresh()
+    _train(model, optimizer, 10)
+
+    interrupted, opt = _fresh()
+    _train(interrupted, opt, 4)
+    save_checkpoint(tmp_path, 4, {"net": interrupted}, opt, extra={"note": "x"})
+    resumed, opt2 = _fresh()
+    state = load_checkpoint(tmp_path, {"net": resumed}, opt2)
+    assert state["step"] == 4 and state["extra"] == {"note": "x"}
+    _train(resumed, opt2, 10, start=state["step"])
+    for a, b in zip(model.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_only_the_latest_checkpoint_is_kept_and_nothing_means_none(tmp_path):
+    model, optimizer = _fresh()
+    assert load_checkpoint(tmp_path, {"net": model}) is None
+    save_checkpoint(tmp_path, 1, {"net": model}, optimizer)
+    save_checkpoint(tmp_path, 2, {"net": model}, optimizer)
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-0000002.safetensors"]
