@@ -51,6 +51,9 @@ class DiffusersFlux(DiffusersBackend):
 
     @classmethod
     def from_pipeline(cls, pipe, **kwargs) -> "DiffusersFlux":
+        config = pipe.scheduler.config
+        if not config.get("use_dynamic_shifting", True):
+            kwargs.setdefault("shift", config.get("shift", 1.0))
         return cls(pipe.transformer, pipe.text_encoder, pipe.text_encoder_2, pipe.tokenizer, pipe.tokenizer_2,
                    pipe.vae, **kwargs)
 
