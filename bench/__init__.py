@@ -1,0 +1,1 @@
+"""Benchmarks in the sprite world: identity consistency, prompt conformity, validity and cost."""

@@ -1,0 +1,71 @@
+"""`python -m protagonist.bench`: methods side by side on one model, characters, prompts and seeds."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from .harness import PlainSampling, SamplingSettings, read_characters, run_method
+from .report import markdown_table, table_row, write_contact_sheet
+from .scoring import score
+
+DEFAULT_PROMPTS = Path(__file__).parent / "prompts" / "sprite_characters.txt"
+METHODS = {"plain": PlainSampling}
+
+
+def load_bench_model(name: str, device: str):
+    if name in ("sprite-sdxl", "sprite-flux"):
+        from ..sprites.models import load_sprite_model
+
+        return load_sprite_model(name.split("-")[1], device)
+    from ..cli import load_model
+
+    return load_model(name, device)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="protagonist.bench", description=__doc__)
+    parser.add_argument("--model", default="sprite-sdxl", help="sprite-sdxl, sprite-flux, or any --model of the CLI")
+    parser.add_argument("--prompts", default=str(DEFAULT_PROMPTS), help="one character per line: subject | context | …")
+    parser.add_argument("--methods", default="plain", help=f"comma-separated, from {sorted(METHODS)}")
+    parser.add_argument("--seed", type=int, default=1_000_000, help="base seed; image k of character c: seed+1000c+k")
+    parser.add_argument("--characters", type=int, default=0, help="use only the first N characters (0 = all)")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--cfg", type=float, default=5.0)
+    parser.add_argument("--sampler", default="euler")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", default="out/bench")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..sprites.embedder import load_embedder
+    from ..sprites.oracle import Oracle
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    characters = read_characters(args.prompts)[: args.characters or None]
+    backend = load_bench_model(args.model, args.device)
+    settings = SamplingSettings(steps=args.steps, cfg=args.cfg, sampler=args.sampler)
+    oracle, embedder = Oracle.load(), load_embedder()
+    out = Path(args.out)
+    rows, results = [], {}
+    for name in args.methods.split(","):
+        run = run_method(METHODS[name](), backend, characters, args.seed, settings)
+        scores = score(run, oracle, embedder)
+        rows.append(table_row(run, scores))
+        write_contact_sheet(run, out, columns=max(len(c.contexts) for c in characters))
+        results[name] = {"scores": asdict(scores), "tuning": asdict(run.tuning), "generation": asdict(run.generation)}
+    table = markdown_table(rows)
+    header = (f"model `{args.model}`, {len(characters)} characters × {len(characters[0].contexts)} prompts, "
+              f"{args.steps} steps, CFG {args.cfg}, {args.sampler}, base seed {args.seed}, "
+              f"{torch.get_num_threads()} CPU threads\n\n")
+    (out / "results.md").write_text(header + table)
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    print(header + table)
+    return 0

@@ -1,0 +1,113 @@
+"""The benchmark harness: run methods on the same characters, prompts and seeds; score with the oracle.
+
+A prompt file has one character per line: ``subject | context | context | …`` — each image's prompt
+is ``"{subject} {context}"``; lines starting with ``#`` are comments. A method prepares once per
+character (tuning, whose cost is counted apart) and then generates one image per prompt and seed.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from ..core.interface import DiffusionBackend
+from ..core.sampling import cfg_guidance, sample, seeded_noise
+from .cost import Cost, measure
+
+
+@dataclass
+class Character:
+    subject: str
+    contexts: list[str]
+
+    @property
+    def prompts(self) -> list[str]:
+        return [f"{self.subject} {context}" for context in self.contexts]
+
+
+def read_characters(path: str | Path) -> list[Character]:
+    characters = []
+    for line in Path(path).read_text().splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        subject, *contexts = [part.strip() for part in line.split("|")]
+        if not contexts:
+            raise ValueError(f"{path}: a line needs a subject and at least one context: {line!r}")
+        characters.append(Character(subject, contexts))
+    return characters
+
+
+@dataclass
+class SamplingSettings:
+    steps: int = 20
+    cfg: float = 5.0
+    sampler: str = "euler"
+    size: tuple[int, int] = (32, 32)
+    negative: str = ""
+
+
+class Method(Protocol):
+    name: str
+
+    def prepare(self, backend: DiffusionBackend, character: Character, seed: int) -> object: ...
+
+    def generate(self, backend: DiffusionBackend, state: object, prompts: list[str], seeds: list[int],
+                 settings: SamplingSettings) -> torch.Tensor: ...
+
+
+class PlainSampling:
+    """The baseline: each prompt sampled on its own with classifier-free guidance."""
+
+    name = "plain"
+
+    def prepare(self, backend, character, seed):
+        return None
+
+    def generate(self, backend, state, prompts, seeds, settings):
+        with torch.no_grad():
+            positive = backend.encode_prompts(prompts, image_size=settings.size)
+            negative = backend.encode_prompts([settings.negative], image_size=settings.size)
+        noise = seeded_noise(seeds, backend.latent_shape(len(seeds), *settings.size))
+        latents = sample(backend, [negative, positive], noise, settings.steps, cfg_guidance(settings.cfg),
+                         settings.sampler)
+        with torch.no_grad():
+            return backend.decode_latents(latents)
+
+
+@dataclass
+class MethodRun:
+    method: str
+    images: torch.Tensor
+    prompts: list[str]
+    character_of: list[int]
+    tuning: Cost = field(default_factory=Cost)
+    generation: Cost = field(default_factory=Cost)
+
+
+def run_method(method: Method, backend: DiffusionBackend, characters: list[Character], base_seed: int,
+               settings: SamplingSettings) -> MethodRun:
+    """Every character's prompts, image k of character c seeded with base_seed + 1000·c + k."""
+    images, prompts, owners = [], [], []
+    tuning, generation = Cost(), Cost()
+    for index, character in enumerate(characters):
+        with measure(backend.denoiser) as cost:
+            state = method.prepare(backend, character, base_seed + 1000 * index)
+        tuning.add(cost)
+        seeds = [base_seed + 1000 * index + k for k in range(len(character.prompts))]
+        with measure(backend.denoiser) as cost:
+            images.append(method.generate(backend, state, character.prompts, seeds, settings))
+        generation.add(cost)
+        prompts += character.prompts
+        owners += [index] * len(character.prompts)
+    return MethodRun(method.name, torch.cat(images), prompts, owners, tuning, generation)
+
+
+def same_character_pairs(character_of: list[int]):
+    """All (i, j), i < j, of images that belong to the same character."""
+    for i, j in itertools.combinations(range(len(character_of)), 2):
+        if character_of[i] == character_of[j]:
+            yield i, j

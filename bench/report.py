@@ -1,0 +1,34 @@
+"""The benchmark's outputs: a markdown table and a PNG contact sheet per method."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..core.images import contact_sheet, save_png
+from .harness import MethodRun
+from .scoring import Scores
+
+COLUMNS = ("method", "identity consistency", "embedder distance", "prompt conformity", "subject conformity",
+           "validity", "tuning evals", "tuning s", "evals / image", "s / image", "peak MB")
+
+
+def table_row(run: MethodRun, scores: Scores) -> list[str]:
+    images = max(len(run.prompts), 1)
+    peak = max(run.tuning.peak_bytes, run.generation.peak_bytes) / 2**20
+    return [run.method, f"{scores.identity_consistency:.1%}", f"{scores.embedder_distance:.3f}",
+            f"{scores.prompt_conformity:.1%}", f"{scores.subject_conformity:.1%}", f"{scores.validity:.1%}",
+            f"{run.tuning.evaluations}", f"{run.tuning.seconds:.1f}", f"{run.generation.evaluations / images:.1f}",
+            f"{run.generation.seconds / images:.3f}", f"{peak:.0f}"]
+
+
+def markdown_table(rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_contact_sheet(run: MethodRun, out_dir: Path, columns: int) -> Path:
+    """Rows are characters, columns their prompts."""
+    labels = [p.split(" ", 3)[-1][:18] for p in run.prompts]
+    sheet = contact_sheet(run.images, columns=columns, labels=labels, scale=3)
+    return save_png(sheet, out_dir / f"{run.method}_contact_sheet.png")

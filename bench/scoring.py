@@ -1,0 +1,54 @@
+"""Scores of a method run, read by the sprite world's oracle and embedder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..sprites.attributes import CONTEXT_ATTRIBUTES, IDENTITY_ATTRIBUTES, ATTRIBUTES
+from ..sprites.captions import parse_prompt
+from ..sprites.oracle import Oracle, identity_of
+from .harness import MethodRun, same_character_pairs
+
+
+@dataclass
+class Scores:
+    identity_consistency: float  # share of same-character pairs whose five identity attributes all agree
+    embedder_distance: float  # mean pairwise embedder distance within a character
+    prompt_conformity: float  # share of images whose background and position match the prompt
+    subject_conformity: float  # share of images showing the identity attributes the subject names
+    validity: float  # share of images the oracle reads with confidence on every attribute
+
+
+def _named(prompt: str, attributes) -> dict[str, int]:
+    parsed = parse_prompt(prompt)
+    return {a: ATTRIBUTES[a].index(parsed[a]) for a in attributes if a in parsed}
+
+
+def _share_matching(reading, prompts: list[str], attributes) -> float:
+    hits = []
+    for i, prompt in enumerate(prompts):
+        named = _named(prompt, attributes)
+        hits.append(all(int(reading.labels[a][i]) == v for a, v in named.items()))
+    return sum(hits) / max(len(hits), 1)
+
+
+def score(run: MethodRun, oracle: Oracle, embedder=None) -> Scores:
+    reading = oracle.read(run.images)
+    identities = identity_of(reading)
+    pairs = list(same_character_pairs(run.character_of))
+    agree = [identities[i] is not None and identities[i] == identities[j] for i, j in pairs]
+    distance = float("nan")
+    if embedder is not None:
+        from ..core.embedding import embed_images
+
+        embeddings = embed_images(embedder, run.images)
+        distance = float(torch.stack([(embeddings[i] - embeddings[j]).norm() for i, j in pairs]).mean())
+    return Scores(
+        identity_consistency=sum(agree) / max(len(agree), 1),
+        embedder_distance=distance,
+        prompt_conformity=_share_matching(reading, run.prompts, CONTEXT_ATTRIBUTES),
+        subject_conformity=_share_matching(reading, run.prompts, IDENTITY_ATTRIBUTES),
+        validity=float(reading.valid.float().mean()),
+    )

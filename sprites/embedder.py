@@ -1,0 +1,124 @@
+"""The sprite world's stand-in for DINOv2: a small `Dinov2Model` trained contrastively.
+
+Positive pairs are one sprite rendered twice, in two random contexts (another background and
+position), so the embedding learns to ignore the scene and describe the character. No attribute
+or identity label is used, but "same sprite" is stronger supervision than DINOv2's purely
+photometric augmentations; the adjusted Rand index reported next to the weights says how well
+K-MEANS on these embeddings recovers identities.
+
+    python -m protagonist.sprites.embedder [--steps N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..core.embedding import embed_images, preprocess
+from .attributes import Context, Identity
+from .models import MODELS_DIR
+from .world import render
+
+log = logging.getLogger(__name__)
+EMBEDDER_DIR = MODELS_DIR / "dinov2"
+
+
+def build_embedder(seed: int = 0):
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(seed)
+    return Dinov2Model(Dinov2Config(image_size=32, patch_size=4, hidden_size=96, num_hidden_layers=4,
+                                    num_attention_heads=4, mlp_ratio=2, layerscale_value=1.0))
+
+
+def two_views(rng: np.random.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    identities = [Identity.random(rng) for _ in range(n)]
+    first = torch.stack([render(i, Context.random(rng), rng) for i in identities])
+    second = torch.stack([render(i, Context.random(rng), rng) for i in identities])
+    return first, second
+
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+    logits = a @ b.T / temperature
+    targets = torch.arange(a.shape[0])
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+
+
+def train(steps: int, batch: int, seed: int, lr: float = 1e-3):
+    model = build_embedder(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    model.train()
+    for step in range(steps):
+        first, second = two_views(np.random.default_rng(seed * 7919 + step), batch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + np.cos(np.pi * step / steps))
+        both = model(pixel_values=preprocess(torch.cat([first, second]), 32)).pooler_output
+        loss = info_nce(both[:batch], both[batch:])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if (step + 1) % 100 == 0:
+            log.info("embedder step %d/%d loss %.4f", step + 1, steps, loss.item())
+    return model.eval()
+
+
+def identity_ari(model, characters: int = 20, contexts: int = 10, seed: int = 12345) -> float:
+    """Adjusted Rand index of K-MEANS (K = characters) on embeddings against the true identities."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_rand_score
+
+    rng = np.random.default_rng(seed)
+    identities = rng.choice(Identity.count(), size=characters, replace=False)
+    images, labels = [], []
+    for label, index in enumerate(identities):
+        for _ in range(contexts):
+            images.append(render(Identity.from_index(int(index)), Context.random(rng), rng))
+            labels.append(label)
+    embeddings = embed_images(model, torch.stack(images)).numpy()
+    clusters = KMeans(n_clusters=characters, init="k-means++", n_init=10, random_state=0).fit_predict(embeddings)
+    return float(adjusted_rand_score(labels, clusters))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--batch", type=int, default=96)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=str(EMBEDDER_DIR))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    torch.set_num_threads(2)
+    baseline = identity_ari(build_embedder(args.seed))
+    start = time.time()
+    model = train(args.steps, args.batch, args.seed)
+    seconds = time.time() - start
+    ari = identity_ari(model)
+    out = Path(args.out)
+    model.save_pretrained(str(out), safe_serialization=True)
+    (out / "MODEL_CARD.md").write_text(
+        "# Sprite-world DINOv2 stand-in\n\n"
+        f"`Dinov2Model` (hidden 96, 4 layers, patch 4, 32 px), InfoNCE on pairs of one sprite in two random "
+        f"contexts; {args.steps} steps × {args.batch} pairs, seed {args.seed}, {seconds:.0f} s on 2 CPU threads.\n\n"
+        f"Adjusted Rand index of K-MEANS (K=20) on 20 identities × 10 random contexts: **{ari:.3f}** "
+        f"(the same network untrained: {baseline:.3f}).\n\n"
+        f"Reproduce: `python -m protagonist.sprites.embedder --steps {args.steps} --seed {args.seed}`\n")
+    log.info("ARI trained %.3f, untrained %.3f; saved %s", ari, baseline, out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+
+def load_embedder(folder: str | Path = EMBEDDER_DIR, device: str = "cpu"):
+    """The shipped sprite embedder, through the same loader as real DINOv2 weights."""
+    from ..core.embedding import load_dinov2
+
+    return load_dinov2(str(folder), device)

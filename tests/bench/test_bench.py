@@ -1,0 +1,87 @@
+"""The benchmark's scoring on images whose answers are known, and its cost accounting."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from protagonist.bench.cost import measure
+from protagonist.bench.harness import Character, MethodRun, read_characters, same_character_pairs
+from protagonist.bench.scoring import score
+from protagonist.sprites.attributes import Context, Identity
+from protagonist.sprites.captions import parse_prompt
+from protagonist.sprites.oracle import Oracle
+from protagonist.sprites.world import render
+
+CONTEXTS = ["on a beach, on the left", "in a forest, in the center", "at night, on the right"]
+
+
+@pytest.fixture(scope="module")
+def oracle():
+    return Oracle.load()
+
+
+def _render_run(identities_per_character: list[list[Identity]], subject: str = "a blob") -> MethodRun:
+    rng = np.random.default_rng(0)
+    images, prompts, owners = [], [], []
+    for c, identities in enumerate(identities_per_character):
+        for identity, context_text in zip(identities, CONTEXTS):
+            prompt = f"{subject} {context_text}"
+            parsed = parse_prompt(prompt)
+            images.append(render(identity, Context(parsed["background"], parsed["position"]), rng))
+            prompts.append(prompt)
+            owners.append(c)
+    return MethodRun("test", torch.stack(images), prompts, owners)
+
+
+def test_one_identity_per_character_scores_full_consistency_and_conformity(oracle):
+    run = _render_run([[Identity.from_index(7)] * 3, [Identity.from_index(900)] * 3])
+    scores = score(run, oracle)
+    assert scores.identity_consistency == 1.0
+    assert scores.prompt_conformity == 1.0 and scores.validity == 1.0
+
+
+def test_different_identities_score_zero_consistency(oracle):
+    run = _render_run([[Identity.from_index(i) for i in (1, 2, 3)]])
+    assert score(run, oracle).identity_consistency == 0.0
+
+
+def test_subject_conformity_checks_named_attributes(oracle):
+    red = Identity.from_index(0)
+    assert red.color == 0
+    run = _render_run([[red] * 3], subject="a blue blob")
+    assert score(run, oracle).subject_conformity == 0.0
+    run = _render_run([[red] * 3], subject="a red blob")
+    assert score(run, oracle).subject_conformity == 1.0
+
+
+def test_pairs_stay_within_characters():
+    assert list(same_character_pairs([0, 0, 1, 1, 1])) == [(0, 1), (2, 3), (2, 4), (3, 4)]
+
+
+def test_cost_counts_images_per_forward():
+    net = torch.nn.Linear(3, 3)
+    with measure(net) as cost:
+        net(torch.zeros(4, 3))
+        net(torch.zeros(2, 3))
+    assert cost.evaluations == 6 and cost.seconds >= 0
+
+
+def test_shipped_prompt_file_has_twenty_characters_with_five_contexts():
+    from protagonist.bench.cli import DEFAULT_PROMPTS
+
+    characters = read_characters(DEFAULT_PROMPTS)
+    assert len(characters) >= 20 and all(len(c.contexts) == 5 for c in characters)
+    for character in characters:
+        for prompt in character.prompts:
+            parsed = parse_prompt(prompt)
+            assert "background" in parsed and "position" in parsed, prompt
+
+
+def test_prompt_file_errors_name_the_line(tmp_path):
+    path = tmp_path / "bad.txt"
+    path.write_text("a blob\n")
+    with pytest.raises(ValueError, match="a blob"):
+        read_characters(path)
+    assert Character("a blob", ["x"]).prompts == ["a blob x"]
