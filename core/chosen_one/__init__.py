@@ -1,0 +1,1 @@
+"""The Chosen One (Avrahami et al. 2023): iterative clustering + LoRA/textual-inversion refinement."""
