@@ -1,0 +1,114 @@
+"""Learn an identity from a cluster of images: LoRA on the denoiser's attention + one new token per encoder."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from ..adapters import ATTENTION_TARGETS, LoraAdapter
+from ..interface import DiffusionBackend, ProtagonistError, TokenEmbedding
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TEMPLATES = ("a photo of {}", "a rendering of {}", "an illustration of {}", "a picture of {}", "{}")
+
+
+@dataclass
+class IdentityTraining:
+    """How an identity is learned (defaults: the unofficial implementation's published settings)."""
+
+    steps: int = 500
+    batch_size: int = 1
+    rank: int = 4
+    alpha: float = 4.0
+    lora_lr: float = 3e-5
+    token_lr: float = 3e-5
+    templates: tuple[str, ...] = DEFAULT_TEMPLATES
+    seed: int = 0
+    targets: tuple[str, ...] = ATTENTION_TARGETS
+
+
+@dataclass
+class LearnedIdentity:
+    token: TokenEmbedding
+    lora: dict[str, torch.Tensor]  # peft-format LoRA weights of the denoiser
+    rank: int
+    alpha: float
+    losses: list[float] = field(default_factory=list)
+
+
+class TrainingDiverged(ProtagonistError):
+    """The loss became NaN or infinite; `step` says when."""
+
+    def __init__(self, step: int):
+        super().__init__(f"the training loss became NaN at step {step}; lower the learning rates")
+        self.step = step
+
+
+def new_token(backend: DiffusionBackend, name: str, init_word: str) -> TokenEmbedding:
+    """A token named `name` whose vectors start as the rows of `init_word` (which must be one token)."""
+    rows = backend.word_embedding(init_word)
+    for key, block in rows.items():
+        if block.shape[0] != 1:
+            raise ProtagonistError(
+                f"the initialiser word {init_word!r} is {block.shape[0]} tokens for {key}, not one: pick a short, "
+                f"common word (for example the class word of the subject, like 'person', 'cat' or 'blob')")
+    return TokenEmbedding(name, {k: v.float().clone().requires_grad_(True) for k, v in rows.items()})
+
+
+def _batches(count: int, batch_size: int, steps: int, generator: torch.Generator):
+    for _ in range(steps):
+        yield torch.randint(0, count, (min(batch_size, count),), generator=generator)
+
+
+def train_identity(backend: DiffusionBackend, images: torch.Tensor, token: TokenEmbedding,
+                   settings: IdentityTraining, callback=None) -> LearnedIdentity:
+    """Fit LoRA + `token` to `images` ([N, 3, H, W] in [0, 1]) with the denoising loss.
+
+    The adapter is removed from the denoiser before returning; the result carries its weights.
+    `callback(step, loss)` may raise to interrupt (the adapter is still removed).
+    """
+    generator = torch.Generator().manual_seed(settings.seed)
+    size = tuple(images.shape[-2:])
+    with torch.no_grad():
+        latents = backend.encode_images(images)
+    adapter = LoraAdapter(backend.denoiser, settings.rank, settings.alpha, settings.targets)
+    optimizer = torch.optim.AdamW([
+        {"params": adapter.parameters(), "lr": settings.lora_lr},
+        {"params": list(token.vectors.values()), "lr": settings.token_lr, "weight_decay": 0.0},
+    ])
+    losses = []
+    try:
+        with torch.enable_grad():
+            for step, index in enumerate(_batches(len(latents), settings.batch_size, settings.steps, generator)):
+                loss = _step_loss(backend, latents[index], token, settings.templates, size, generator)
+                if not math.isfinite(loss.item()):
+                    raise TrainingDiverged(step)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.item())
+                if callback is not None:
+                    callback(step, loss.item())
+        return LearnedIdentity(_detached(token), adapter.state_dict(), settings.rank, settings.alpha, losses)
+    finally:
+        adapter.remove()
+
+
+def _step_loss(backend, latents, token, templates, size, generator) -> torch.Tensor:
+    picks = torch.randint(0, len(templates), (latents.shape[0],), generator=generator).tolist()
+    prompts = [templates[p].format(token.name) for p in picks]
+    cond = backend.encode_prompts(prompts, tokens=[token], image_size=size)
+    sigma = backend.schedule.training_sigmas(latents.shape[0], generator).to(latents.device)
+    noise = torch.randn(latents.shape, generator=generator).to(latents)
+    noisy = backend.schedule.add_noise(latents, noise, sigma)
+    output = backend.raw_predict(noisy, sigma, cond)
+    target = backend.schedule.training_target(latents, noise, sigma)
+    return torch.nn.functional.mse_loss(output.float(), target.float())
+
+
+def _detached(token: TokenEmbedding) -> TokenEmbedding:
+    return TokenEmbedding(token.name, {k: v.detach().clone() for k, v in token.vectors.items()})

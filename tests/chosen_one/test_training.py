@@ -1,0 +1,75 @@
+"""LoRA + textual-inversion training on the tiny SDXL: what changes, what must not, and failures."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from protagonist.core.adapters import LoraAdapter, comfy_lora, kohya_lora, lora_applied
+from protagonist.core.chosen_one.training import IdentityTraining, TrainingDiverged, new_token, train_identity
+from protagonist.core.interface import ProtagonistError
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_sdxl_backend):
+    return tiny_sdxl_backend
+
+
+def _images(n=4, seed=0):
+    return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def _prediction(backend, token=None):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 4, 8, 8, generator=g)
+    prompt = f"a photo of {token.name}" if token else "a photo of a blob"
+    with torch.no_grad():
+        cond = backend.encode_prompts([prompt], tokens=[token] if token else None)
+        return backend.predict(x, torch.tensor(2.0), [cond])
+
+
+def test_training_changes_only_the_token_and_the_adapter(backend):
+    tables = {k: t.weight.detach().clone() for k, t in backend.embedding_tables().items()}
+    denoiser = {k: v.clone() for k, v in backend.denoiser.state_dict().items()}
+    before = _prediction(backend)
+    token = new_token(backend, "<hero>", "blob")
+    start = {k: v.detach().clone() for k, v in token.vectors.items()}
+    learned = train_identity(backend, _images(), token, IdentityTraining(steps=5, lora_lr=1e-3, token_lr=1e-2))
+    assert len(learned.losses) == 5 and all(l == l for l in learned.losses)
+    for key in start:
+        assert not torch.equal(learned.token.vectors[key], start[key])
+    for key, table in backend.embedding_tables().items():
+        assert torch.equal(table.weight, tables[key])
+    assert set(backend.denoiser.state_dict()) == set(denoiser)
+    assert all(torch.equal(v, denoiser[k]) for k, v in backend.denoiser.state_dict().items())
+    assert torch.equal(_prediction(backend), before)
+    assert learned.lora and all(".lora_A." in k or ".lora_B." in k for k in learned.lora)
+    with lora_applied(backend.denoiser, learned.lora, learned.rank, learned.alpha):
+        assert not torch.allclose(_prediction(backend), before)
+    assert torch.equal(_prediction(backend), before)
+
+
+def test_nan_loss_stops_with_the_step(backend):
+    images = _images()
+    images[:] = float("nan")
+    with pytest.raises(TrainingDiverged, match="step 0"):
+        train_identity(backend, images, new_token(backend, "<x>", "blob"), IdentityTraining(steps=3))
+    assert not any("lora" in name for name, _ in backend.denoiser.named_parameters())
+
+
+def test_initialiser_must_be_one_token(backend):
+    with pytest.raises(ProtagonistError, match="not one"):
+        new_token(backend, "<x>", "blob robot")
+
+
+def test_export_key_formats(backend):
+    adapter = LoraAdapter(backend.denoiser, rank=2, alpha=2)
+    try:
+        state = adapter.state_dict()
+    finally:
+        adapter.remove()
+    kohya = kohya_lora(state, 2.0)
+    down = [k for k in kohya if k.endswith(".lora_down.weight")]
+    assert down and all(k.startswith("lora_unet_") and "." not in k[: -len(".lora_down.weight")] for k in down)
+    assert len(kohya) == 3 * len(down) and float(kohya[down[0].replace("lora_down.weight", "alpha")]) == 2.0
+    assert all(k.startswith("diffusion_model.") for k in comfy_lora(state, 2.0))
