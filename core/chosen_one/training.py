@@ -65,37 +65,48 @@ def _batches(count: int, batch_size: int, steps: int, generator: torch.Generator
 
 
 def train_identity(backend: DiffusionBackend, images: torch.Tensor, token: TokenEmbedding,
-                   settings: IdentityTraining, callback=None) -> LearnedIdentity:
+                   settings: IdentityTraining, callback=None,
+                   initial_lora: dict[str, torch.Tensor] | None = None) -> LearnedIdentity:
     """Fit LoRA + `token` to `images` ([N, 3, H, W] in [0, 1]) with the denoising loss.
 
-    The adapter is removed from the denoiser before returning; the result carries its weights.
+    The adapter starts from `initial_lora` when given (same rank), else from peft's zero-effect init.
+    It is removed from the denoiser before returning; the result carries its weights.
     `callback(step, loss)` may raise to interrupt (the adapter is still removed).
     """
     generator = torch.Generator().manual_seed(settings.seed)
-    size = tuple(images.shape[-2:])
     with torch.no_grad():
         latents = backend.encode_images(images)
-    adapter = LoraAdapter(backend.denoiser, settings.rank, settings.alpha, settings.targets)
-    optimizer = torch.optim.AdamW([
-        {"params": adapter.parameters(), "lr": settings.lora_lr},
-        {"params": list(token.vectors.values()), "lr": settings.token_lr, "weight_decay": 0.0},
-    ])
-    losses = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings.seed)  # peft draws LoRA's A from the global generator
+        adapter = LoraAdapter(backend.denoiser, settings.rank, settings.alpha, settings.targets)
     try:
-        with torch.enable_grad():
-            for step, index in enumerate(_batches(len(latents), settings.batch_size, settings.steps, generator)):
-                loss = _step_loss(backend, latents[index], token, settings.templates, size, generator)
-                if not math.isfinite(loss.item()):
-                    raise TrainingDiverged(step)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                losses.append(loss.item())
-                if callback is not None:
-                    callback(step, loss.item())
+        if initial_lora is not None:
+            adapter.load_state_dict(initial_lora)
+        optimizer = torch.optim.AdamW([
+            {"params": adapter.parameters(), "lr": settings.lora_lr},
+            {"params": list(token.vectors.values()), "lr": settings.token_lr, "weight_decay": 0.0},
+        ])
+        losses = _fit(backend, latents, token, settings, optimizer, generator, callback)
         return LearnedIdentity(_detached(token), adapter.state_dict(), settings.rank, settings.alpha, losses)
     finally:
         adapter.remove()
+
+
+def _fit(backend, latents, token, settings, optimizer, generator, callback) -> list[float]:
+    size = (latents.shape[-2] * backend.vae_scale, latents.shape[-1] * backend.vae_scale)
+    losses = []
+    with torch.enable_grad():
+        for step, index in enumerate(_batches(len(latents), settings.batch_size, settings.steps, generator)):
+            loss = _step_loss(backend, latents[index], token, settings.templates, size, generator)
+            if not math.isfinite(loss.item()):
+                raise TrainingDiverged(step)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            if callback is not None:
+                callback(step, loss.item())
+    return losses
 
 
 def _step_loss(backend, latents, token, templates, size, generator) -> torch.Tensor:

@@ -1,0 +1,162 @@
+"""The Chosen One loop: proposals → embeddings → most cohesive cluster → LoRA + token → repeat.
+
+Every round is persisted to `run_dir/round_NN/` (proposals, embeddings, chosen cluster, identity,
+metrics); `round.json` is written last, so a run interrupted at any point resumes after its last
+complete round and, for the same seed, ends exactly where an uninterrupted run ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import load_file
+
+from ..adapters import lora_applied
+from ..checkpoint import atomic_save_tensors, atomic_write_json
+from ..interface import DiffusionBackend
+from ..proposals import ProposalSettings, generate_proposals
+from .clustering import check_cluster_settings, mean_pairwise_distance, most_cohesive_cluster
+from .identity_file import load_identity, save_identity
+from .training import IdentityTraining, LearnedIdentity, TrainingDiverged, new_token, train_identity
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ChosenOneSettings:
+    prompt: str
+    init_word: str
+    token_name: str = "<protagonist>"
+    identity_prompt: str = "a photo of {}"  # proposals of later rounds: "{}" becomes the token
+    negative: str = ""
+    proposals: ProposalSettings = field(default_factory=ProposalSettings)
+    clusters: int = 6
+    min_cluster_size: int = 11
+    metric: str = "euclidean"
+    training: IdentityTraining = field(default_factory=IdentityTraining)
+    max_rounds: int = 5
+    convergence_ratio: float = 0.7  # stop when the spread falls below this share of round 0's
+    convergence_threshold: float | None = None  # an absolute threshold instead, when set
+    warm_start: bool = False  # continue from the previous round's identity instead of the base model
+
+
+@dataclass
+class RoundResult:
+    index: int
+    spread: float  # mean pairwise embedding distance of this round's proposals
+    chosen: list[int]
+    sizes: list[int]
+    final_loss: float | None
+
+
+@dataclass
+class ChosenOneResult:
+    identity: LearnedIdentity | None
+    rounds: list[RoundResult]
+    converged: bool
+
+
+Embedder = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _round_dir(run_dir: Path, index: int) -> Path:
+    return run_dir / f"round_{index:02d}"
+
+
+def _completed_rounds(run_dir: Path) -> list[RoundResult]:
+    rounds = []
+    while (_round_dir(run_dir, len(rounds)) / "round.json").exists():
+        rounds.append(RoundResult(**json.loads((_round_dir(run_dir, len(rounds)) / "round.json").read_text())))
+    return rounds
+
+
+def _identity_context(backend: DiffusionBackend, identity: LearnedIdentity | None):
+    if identity is None:
+        return contextlib.nullcontext()
+    return lora_applied(backend.denoiser, identity.lora, identity.rank, identity.alpha)
+
+
+def _propose(backend, settings: ChosenOneSettings, identity, index: int, callback):
+    proposal = ProposalSettings(**{**asdict(settings.proposals),
+                                   "seed": settings.proposals.seed + index * settings.proposals.count})
+    prompt = settings.prompt if identity is None else settings.identity_prompt.format(identity.token.name)
+    tokens = [identity.token] if identity is not None else None
+    with _identity_context(backend, identity):
+        return generate_proposals(backend, prompt, settings.negative, proposal, tokens=tokens, callback=callback)
+
+
+def _train(backend, settings: ChosenOneSettings, images, previous: LearnedIdentity | None, index: int):
+    """A fresh identity from the base model, or (warm start) one that continues the previous round's."""
+    token = new_token(backend, settings.token_name, settings.init_word)
+    training = IdentityTraining(**{**asdict(settings.training), "seed": settings.training.seed + index})
+    initial_lora = None
+    if settings.warm_start and previous is not None:
+        token.vectors = {k: v.clone().requires_grad_(True) for k, v in previous.token.vectors.items()}
+        initial_lora = previous.lora
+    return train_identity(backend, images, token, training, initial_lora=initial_lora)
+
+
+def _save_round(directory: Path, proposals, embeddings, choice, identity, spread, family, init_word) -> RoundResult:
+    atomic_save_tensors({"images": proposals.images, "embeddings": embeddings,
+                         "seeds": torch.tensor(proposals.seeds)}, directory / "proposals.safetensors")
+    atomic_write_json({"sizes": choice.sizes, "cohesion": choice.cohesion, "chosen": choice.chosen,
+                       "indices": choice.indices, "labels": choice.labels}, directory / "cluster.json")
+    save_identity(identity, directory / "identity.safetensors", family, init_word)
+    result = RoundResult(int(directory.name[-2:]), spread, choice.indices, choice.sizes, identity.losses[-1])
+    atomic_write_json(asdict(result), directory / "round.json")
+    return result
+
+
+def _threshold(settings: ChosenOneSettings, first_spread: float) -> float:
+    if settings.convergence_threshold is not None:
+        return settings.convergence_threshold
+    return settings.convergence_ratio * first_spread
+
+
+def run_chosen_one(backend: DiffusionBackend, settings: ChosenOneSettings, embed: Embedder,
+                   run_dir: str | Path, callback=None) -> ChosenOneResult:
+    """Run (or resume) the loop in `run_dir`; `callback(round, stage, images)` reports progress."""
+    check_cluster_settings(settings.proposals.count, settings.clusters, settings.min_cluster_size)
+    new_token(backend, settings.token_name, settings.init_word)  # fail early on a bad initialiser
+    run_dir = Path(run_dir)
+    rounds = _completed_rounds(run_dir)
+    identity = load_identity(_round_dir(run_dir, len(rounds) - 1) / "identity.safetensors") if rounds else None
+    if rounds:
+        log.info("resuming %s after round %d", run_dir, len(rounds) - 1)
+    for index in range(len(rounds), settings.max_rounds + 1):
+        proposals = _propose(backend, settings, identity, index, None)
+        embeddings = embed(proposals.images)
+        spread = mean_pairwise_distance(embeddings, settings.metric)
+        if callback is not None:
+            callback(index, "proposals", proposals.images)
+        if rounds and spread < _threshold(settings, rounds[0].spread):
+            _write_summary(run_dir, rounds, spread, converged=True)
+            return ChosenOneResult(identity, rounds, True)
+        if index == settings.max_rounds:
+            break
+        choice = most_cohesive_cluster(embeddings, settings.clusters, settings.min_cluster_size, settings.metric,
+                                       seed=settings.proposals.seed + index)
+        try:
+            identity = _train(backend, settings, proposals.images[choice.indices], identity, index)
+        except TrainingDiverged as error:
+            log.error("round %d: %s; keeping round %d's identity", index, error, index - 1)
+            break
+        rounds.append(_save_round(_round_dir(run_dir, index), proposals, embeddings, choice, identity, spread,
+                                  backend.family, settings.init_word))
+    _write_summary(run_dir, rounds, None, converged=False)
+    return ChosenOneResult(identity, rounds, False)
+
+
+def _write_summary(run_dir: Path, rounds: list[RoundResult], final_spread: float | None, converged: bool) -> None:
+    atomic_write_json({"rounds": [asdict(r) for r in rounds], "final_spread": final_spread,
+                       "converged": converged}, run_dir / "summary.json")
+
+
+def load_round_images(run_dir: str | Path, index: int) -> torch.Tensor:
+    return load_file(str(_round_dir(Path(run_dir), index) / "proposals.safetensors"))["images"]

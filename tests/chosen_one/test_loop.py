@@ -1,0 +1,94 @@
+"""The Chosen One loop on tiny models: rounds persist, and a resumed run equals an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from protagonist.core.chosen_one.identity_file import export_for_comfyui, load_identity
+from protagonist.core.chosen_one.loop import ChosenOneSettings, run_chosen_one
+from protagonist.core.chosen_one.training import IdentityTraining
+from protagonist.core.embedding import embed_images
+from protagonist.core.interface import ProtagonistError
+from protagonist.core.proposals import ProposalSettings
+from protagonist.core.tiny_models import tiny_dinov2
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def embed():
+    model = tiny_dinov2(0).eval()
+    return lambda images: embed_images(model, images)
+
+
+def _settings(**changes) -> ChosenOneSettings:
+    base = ChosenOneSettings(
+        prompt="a photo of a red blob", init_word="blob", identity_prompt="a photo of {}",
+        proposals=ProposalSettings(count=6, seed=3, steps=2, cfg=3.0, height=32, width=32, batch_size=6),
+        clusters=2, min_cluster_size=2, training=IdentityTraining(steps=2, lora_lr=1e-3, token_lr=1e-2),
+        max_rounds=2, convergence_threshold=0.0)
+    for key, value in changes.items():
+        setattr(base, key, value)
+    return base
+
+
+def test_two_rounds_persist_everything(tiny_sdxl_backend, embed, tmp_path):
+    result = run_chosen_one(tiny_sdxl_backend, _settings(), embed, tmp_path)
+    assert [r.index for r in result.rounds] == [0, 1] and not result.converged
+    for index in (0, 1):
+        folder = tmp_path / f"round_{index:02d}"
+        assert {p.name for p in folder.iterdir()} >= {"proposals.safetensors", "cluster.json",
+                                                       "identity.safetensors", "round.json"}
+        cluster = json.loads((folder / "cluster.json").read_text())
+        assert len(cluster["indices"]) >= 2 and sum(cluster["sizes"]) == 6
+    assert json.loads((tmp_path / "summary.json").read_text())["converged"] is False
+    assert not any("lora" in name for name, _ in tiny_sdxl_backend.denoiser.named_parameters())
+
+
+def test_resume_equals_uninterrupted(tiny_sdxl_backend, embed, tmp_path):
+    straight = run_chosen_one(tiny_sdxl_backend, _settings(), embed, tmp_path / "straight")
+
+    def stop_in_round_one(index, stage, images):
+        if index == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run_chosen_one(tiny_sdxl_backend, _settings(), embed, tmp_path / "resumed", callback=stop_in_round_one)
+    assert not (tmp_path / "resumed" / "round_01").exists()
+    resumed = run_chosen_one(tiny_sdxl_backend, _settings(), embed, tmp_path / "resumed")
+    for key, value in straight.identity.token.vectors.items():
+        assert torch.equal(resumed.identity.token.vectors[key], value)
+    assert all(torch.equal(resumed.identity.lora[k], v) for k, v in straight.identity.lora.items())
+
+
+def test_converges_when_the_spread_drops(tiny_sdxl_backend, embed, tmp_path):
+    result = run_chosen_one(tiny_sdxl_backend, _settings(convergence_threshold=1e9), embed, tmp_path)
+    assert result.converged and len(result.rounds) == 1
+
+
+def test_bad_settings_fail_before_any_work(tiny_sdxl_backend, embed, tmp_path):
+    with pytest.raises(ProtagonistError, match="at least 12 images"):
+        run_chosen_one(tiny_sdxl_backend, _settings(min_cluster_size=6), embed, tmp_path)
+    with pytest.raises(ProtagonistError, match="not one"):
+        run_chosen_one(tiny_sdxl_backend, _settings(init_word="red blob"), embed, tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_identity_file_and_comfyui_exports(tiny_sdxl_backend, embed, tmp_path):
+    result = run_chosen_one(tiny_sdxl_backend, _settings(max_rounds=1), embed, tmp_path / "run")
+    identity = load_identity(tmp_path / "run" / "round_00" / "identity.safetensors", family="sdxl")
+    assert torch.equal(identity.token.vectors["clip_g"], result.identity.token.vectors["clip_g"])
+    with pytest.raises(ProtagonistError, match="flux"):
+        load_identity(tmp_path / "run" / "round_00" / "identity.safetensors", family="flux")
+    lora, embedding = export_for_comfyui(identity, tmp_path / "hero.safetensors", tmp_path / "hero_emb.safetensors")
+    from safetensors.torch import load_file
+
+    assert set(load_file(str(embedding))) == {"clip_l", "clip_g"}
+    assert all(k.startswith("lora_unet_") for k in load_file(str(lora)))
+    with pytest.raises(ProtagonistError, match="already exists"):
+        export_for_comfyui(identity, tmp_path / "hero.safetensors", tmp_path / "other.safetensors")
