@@ -11,11 +11,17 @@ from pathlib import Path
 import torch
 
 from .harness import PlainSampling, SamplingSettings, read_characters, run_method
+from .methods.chosen_one import ChosenOneMethod
 from .report import markdown_table, table_row, write_contact_sheet
 from .scoring import score
 
 DEFAULT_PROMPTS = Path(__file__).parent / "prompts" / "sprite_characters.txt"
-METHODS = {"plain": PlainSampling}
+# Each factory gets the embedder and the output folder (for the methods' run directories).
+METHODS = {
+    "plain": lambda embedder, out: PlainSampling(),
+    "chosen-one-paper": lambda embedder, out: ChosenOneMethod("paper", embedder, out / "runs"),
+    "chosen-one-fast": lambda embedder, out: ChosenOneMethod("fast", embedder, out / "runs"),
+}
 
 
 def load_bench_model(name: str, device: str):
@@ -56,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     rows, results = [], {}
     for name in args.methods.split(","):
-        run = run_method(METHODS[name](), backend, characters, args.seed, settings)
+        run = run_method(METHODS[name](embedder, out), backend, characters, args.seed, settings)
         scores = score(run, oracle, embedder)
         rows.append(table_row(run, scores))
         write_contact_sheet(run, out, columns=max(len(c.contexts) for c in characters))

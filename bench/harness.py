@@ -59,6 +59,19 @@ class Method(Protocol):
                  settings: SamplingSettings) -> torch.Tensor: ...
 
 
+def draw(backend: DiffusionBackend, prompts: list[str], seeds: list[int], settings: SamplingSettings,
+         tokens=None) -> torch.Tensor:
+    """One image per prompt and seed, with classifier-free guidance, in one batch."""
+    with torch.no_grad():
+        positive = backend.encode_prompts(prompts, tokens=tokens, image_size=settings.size)
+        negative = backend.encode_prompts([settings.negative], image_size=settings.size)
+    noise = seeded_noise(seeds, backend.latent_shape(len(seeds), *settings.size))
+    latents = sample(backend, [negative, positive], noise, settings.steps, cfg_guidance(settings.cfg),
+                     settings.sampler)
+    with torch.no_grad():
+        return backend.decode_latents(latents)
+
+
 class PlainSampling:
     """The baseline: each prompt sampled on its own with classifier-free guidance."""
 
@@ -68,14 +81,7 @@ class PlainSampling:
         return None
 
     def generate(self, backend, state, prompts, seeds, settings):
-        with torch.no_grad():
-            positive = backend.encode_prompts(prompts, image_size=settings.size)
-            negative = backend.encode_prompts([settings.negative], image_size=settings.size)
-        noise = seeded_noise(seeds, backend.latent_shape(len(seeds), *settings.size))
-        latents = sample(backend, [negative, positive], noise, settings.steps, cfg_guidance(settings.cfg),
-                         settings.sampler)
-        with torch.no_grad():
-            return backend.decode_latents(latents)
+        return draw(backend, prompts, seeds, settings)
 
 
 @dataclass

@@ -146,3 +146,16 @@ def test_import_without_comfyui(tmp_path):
 def test_import_scanner_resolves_names(source, expected):
     """The scanner itself, for a file in core/backends/: nested and relative imports are resolved."""
     assert [name for _, name, _ in _imports_in(source, ["protagonist", "core", "backends"])] == expected
+
+
+def test_every_subpackage_is_listed_in_pyproject():
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {"protagonist"} | {
+        "protagonist." + ".".join(init.parent.relative_to(root).parts)
+        for init in root.glob("**/__init__.py")
+        if init.parent != root and not init.parent.relative_to(root).parts[0].startswith((".", "tests", "runs", "out"))
+    }
+    assert found == listed

@@ -1,0 +1,1 @@
+"""Methods as benchmark plug-ins (each module adds to `bench.cli.METHODS`)."""

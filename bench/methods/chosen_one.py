@@ -1,0 +1,47 @@
+"""The Chosen One in the benchmark: learn each character from its subject prompt, then draw its prompts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ...core.adapters import lora_applied
+from ...core.chosen_one.loop import run_chosen_one
+from ...core.chosen_one.presets import preset
+from ...core.chosen_one.training import LearnedIdentity
+from ...core.embedding import embed_images
+from ..harness import Character, PlainSampling, draw
+
+
+@dataclass
+class ChosenState:
+    character: Character
+    identity: LearnedIdentity | None
+    subject_prompt: str
+
+
+class ChosenOneMethod:
+    """`preset` settings; prompts "subject context" become "a <token> context" once an identity exists."""
+
+    def __init__(self, preset_name: str, embedder, run_root: Path, class_word: str = "blob",
+                 identity_prompt: str = "a {}", **overrides):
+        self.name = f"chosen-one-{preset_name}"
+        self.preset_name, self.embedder, self.run_root = preset_name, embedder, Path(run_root)
+        self.class_word, self.identity_prompt, self.overrides = class_word, identity_prompt, overrides
+        self.rounds: list[int] = []
+
+    def prepare(self, backend, character, seed):
+        settings = preset(self.preset_name, character.subject, self.class_word, self.identity_prompt,
+                          size=(32, 32), seed=seed, token_name=f"<hero{seed}>", **self.overrides)
+        run_dir = self.run_root / self.name / f"seed{seed}"
+        result = run_chosen_one(backend, settings, lambda images: embed_images(self.embedder, images), run_dir)
+        self.rounds.append(len(result.rounds))
+        return ChosenState(character, result.identity, self.identity_prompt.format(settings.token_name))
+
+    def generate(self, backend, state: ChosenState, prompts, seeds, settings):
+        if state.identity is None:
+            return PlainSampling().generate(backend, None, prompts, seeds, settings)
+        prompts = [p.replace(state.character.subject, state.subject_prompt, 1) for p in prompts]
+        identity = state.identity
+        with lora_applied(backend.denoiser, identity.lora, identity.rank, identity.alpha):
+            return draw(backend, prompts, seeds, settings, tokens=[identity.token])
