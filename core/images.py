@@ -42,3 +42,23 @@ def contact_sheet(images: torch.Tensor, columns: int | None = None, labels: list
         if labels:
             draw.text((x + 1, y + height * scale), labels[i][: max(tile_w // 6, 1)], fill="black")
     return sheet
+
+
+def line_plot(values: list[float], width: int = 320, height: int = 160, title: str = "") -> Image.Image:
+    """A plain line chart (e.g. a loss curve) with its min and max written on it."""
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    if values:
+        low, high = min(values), max(values)
+        span = (high - low) or 1.0
+        step = (width - 10) / max(len(values) - 1, 1)
+        points = [(5 + i * step, height - 15 - (v - low) / span * (height - 35)) for i, v in enumerate(values)]
+        if len(points) > 1:
+            draw.line(points, fill="black", width=1)
+        draw.text((5, 2), f"{title} max {high:.4g} min {low:.4g} ({len(values)} steps)", fill="black")
+    return image
+
+
+def pil_to_tensor(image: Image.Image) -> torch.Tensor:
+    """An RGB PIL image → [3, H, W] in [0, 1]."""
+    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)

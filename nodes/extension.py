@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import ComfyExtension, io
 
+from .chosen_one import DINOv2Embed, KMeansCohesiveCluster
+from .chosen_one_training import ChosenOneLoop, LoraTITrainer
+from .model_folders import register_folders
 from .proposals import ProposalSampler
 
 
 class ProtagonistExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [ProposalSampler]
+        # ComfyUI 0.3.x never calls on_load, but asks for the node list exactly once at start-up.
+        register_folders()
+        return [ProposalSampler, DINOv2Embed, KMeansCohesiveCluster, LoraTITrainer, ChosenOneLoop]

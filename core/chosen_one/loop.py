@@ -91,7 +91,8 @@ def _propose(backend, settings: ChosenOneSettings, identity, index: int, callbac
         return generate_proposals(backend, prompt, settings.negative, proposal, tokens=tokens, callback=callback)
 
 
-def _train(backend, settings: ChosenOneSettings, images, previous: LearnedIdentity | None, index: int):
+def _train(backend, settings: ChosenOneSettings, images, previous: LearnedIdentity | None, index: int,
+           callback=None):
     """A fresh identity from the base model, or (warm start) one that continues the previous round's."""
     token = new_token(backend, settings.token_name, settings.init_word)
     training = IdentityTraining(**{**asdict(settings.training), "seed": settings.training.seed + index})
@@ -99,7 +100,7 @@ def _train(backend, settings: ChosenOneSettings, images, previous: LearnedIdenti
     if settings.warm_start and previous is not None:
         token.vectors = {k: v.clone().requires_grad_(True) for k, v in previous.token.vectors.items()}
         initial_lora = previous.lora
-    return train_identity(backend, images, token, training, initial_lora=initial_lora)
+    return train_identity(backend, images, token, training, callback=callback, initial_lora=initial_lora)
 
 
 def _save_round(directory: Path, proposals, embeddings, choice, identity, spread, family, init_word) -> RoundResult:
@@ -120,8 +121,13 @@ def _threshold(settings: ChosenOneSettings, first_spread: float) -> float:
 
 
 def run_chosen_one(backend: DiffusionBackend, settings: ChosenOneSettings, embed: Embedder,
-                   run_dir: str | Path, callback=None) -> ChosenOneResult:
-    """Run (or resume) the loop in `run_dir`; `callback(round, stage, images)` reports progress."""
+                   run_dir: str | Path, callback=None, sample_callback=None, train_callback=None) -> ChosenOneResult:
+    """Run (or resume) the loop in `run_dir`.
+
+    `callback(round, stage, images)` is called after each round's proposals; `sample_callback` after
+    every sampling step and `train_callback(step, loss)` after every training step (any may raise to
+    interrupt: completed rounds stay on disk).
+    """
     check_cluster_settings(settings.proposals.count, settings.clusters, settings.min_cluster_size)
     new_token(backend, settings.token_name, settings.init_word)  # fail early on a bad initialiser
     run_dir = Path(run_dir)
@@ -130,7 +136,7 @@ def run_chosen_one(backend: DiffusionBackend, settings: ChosenOneSettings, embed
     if rounds:
         log.info("resuming %s after round %d", run_dir, len(rounds) - 1)
     for index in range(len(rounds), settings.max_rounds + 1):
-        proposals = _propose(backend, settings, identity, index, None)
+        proposals = _propose(backend, settings, identity, index, sample_callback)
         embeddings = embed(proposals.images)
         spread = mean_pairwise_distance(embeddings, settings.metric)
         if callback is not None:
@@ -143,7 +149,7 @@ def run_chosen_one(backend: DiffusionBackend, settings: ChosenOneSettings, embed
         choice = most_cohesive_cluster(embeddings, settings.clusters, settings.min_cluster_size, settings.metric,
                                        seed=settings.proposals.seed + index)
         try:
-            identity = _train(backend, settings, proposals.images[choice.indices], identity, index)
+            identity = _train(backend, settings, proposals.images[choice.indices], identity, index, train_callback)
         except TrainingDiverged as error:
             log.error("round %d: %s; keeping round %d's identity", index, error, index - 1)
             break

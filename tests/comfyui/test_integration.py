@@ -12,7 +12,8 @@ from protagonist.core.sampling import cfg_guidance, sample, seeded_noise
 from protagonist.core.tiny_models import tiny_sdxl
 
 PARITY_TOLERANCE = 1e-4
-OUR_NODES = {"Protagonist_ProposalSampler"}
+OUR_NODES = {"Protagonist_ProposalSampler", "Protagonist_DINOv2Embed", "Protagonist_KMeansCohesiveCluster",
+             "Protagonist_LoraTITrainer", "Protagonist_ChosenOneLoop"}
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,158 @@
+"""The Chosen One's training nodes: LoRA + token trainer, and the whole loop with a resumable run."""
+
+from __future__ import annotations
+
+import comfy.model_management
+import comfy.sd
+import comfy.utils
+import torch
+from comfy_api.v0_0_2 import io
+
+from ..core.adapters import comfy_lora
+from ..core.chosen_one.identity_file import export_for_comfyui, save_identity
+from ..core.chosen_one.loop import run_chosen_one
+from ..core.chosen_one.presets import PRESETS
+from ..core.chosen_one.presets import preset as preset_settings
+from ..core.chosen_one.training import DEFAULT_TEMPLATES, IdentityTraining, new_token, train_identity
+from ..core.embedding import embed_images
+from .chosen_one import cached_dinov2, loss_curve_image
+from .comfy_backend import ComfyBackend
+from .convert import images_to_comfy, images_to_core
+from .model_folders import output_file, run_directory
+from .progress import SamplingProgress
+
+
+def make_trainable(backend: ComfyBackend) -> None:
+    """Weights loaded under ComfyUI's inference mode cannot take part in autograd: give them normal copies."""
+    for module in (backend.denoiser, *[t for t in backend.embedding_tables().values()]):
+        for parameter in module.parameters():
+            if parameter.is_inference():
+                parameter.data = parameter.data.clone()
+
+
+def training_progress(total: int):
+    bar = comfy.utils.ProgressBar(total)
+
+    def step(index, loss):
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        bar.update_absolute(index + 1)
+
+    return step
+
+
+def apply_identity(model, clip, identity):
+    """MODEL/CLIP clones with the identity's LoRA, through ComfyUI's own LoRA patching."""
+    lora = comfy_lora(identity.lora, identity.alpha)
+    return comfy.sd.load_lora_for_models(model, clip, lora, 1.0, 0.0)
+
+
+def write_exports(identity, name: str, overwrite: bool) -> tuple[str, str]:
+    lora_path = output_file("loras", f"{name}.safetensors", overwrite)
+    embedding_path = output_file("embeddings", f"{name}.safetensors", overwrite)
+    export_for_comfyui(identity, lora_path, embedding_path, lora_keys=comfy_lora, overwrite=overwrite)
+    return lora_path.name, f"embedding:{name}"
+
+
+class LoraTITrainer(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="Protagonist_LoraTITrainer", display_name="LoRA + Token Trainer (Protagonist)",
+            category="Protagonist/The Chosen One",
+            description="Learns a character from a cluster of images: LoRA on attention + one new token per "
+                        "text encoder. Writes models/loras/<name> and models/embeddings/<name>.",
+            inputs=[
+                io.Model.Input("model", tooltip="The SDXL model to adapt."),
+                io.Clip.Input("clip", tooltip="Its text encoders (the token is learned for each)."),
+                io.Vae.Input("vae", tooltip="Its VAE (encodes the images)."),
+                io.Image.Input("images", tooltip="The chosen cluster."),
+                io.String.Input("name", default="protagonist", tooltip="File and token name; use embedding:<name>."),
+                io.String.Input("init_word", default="person", tooltip="A one-token word the token starts from."),
+                io.String.Input("templates", multiline=True, default="\n".join(DEFAULT_TEMPLATES),
+                                tooltip="Training prompts, one per line; {} becomes the token."),
+                io.Int.Input("steps", default=500, min=1, max=100000, tooltip="Optimisation steps."),
+                io.Int.Input("batch_size", default=1, min=1, max=64, tooltip="Images per step."),
+                io.Int.Input("rank", default=4, min=1, max=128, tooltip="LoRA rank."),
+                io.Float.Input("alpha", default=4.0, min=0.1, max=256.0, tooltip="LoRA alpha (scale = alpha/rank)."),
+                io.Float.Input("lora_lr", default=3e-5, min=0.0, max=1.0, step=1e-6, tooltip="LoRA learning rate."),
+                io.Float.Input("token_lr", default=3e-5, min=0.0, max=1.0, step=1e-6, tooltip="Token learning rate."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, tooltip="Seed of batches and noise."),
+                io.Boolean.Input("overwrite", default=False, tooltip="Replace existing files of the same name."),
+            ],
+            outputs=[io.Model.Output(), io.Clip.Output(), io.String.Output(display_name="lora_file"),
+                     io.String.Output(display_name="token"), io.Image.Output(display_name="loss_curve")],
+        )
+
+    @classmethod
+    def execute(cls, model, clip, vae, images, name, init_word, templates, steps, batch_size, rank, alpha,
+                lora_lr, token_lr, seed, overwrite) -> io.NodeOutput:
+        output_file("loras", f"{name}.safetensors", overwrite)  # refuse before any work
+        settings = IdentityTraining(steps=steps, batch_size=batch_size, rank=rank, alpha=alpha, lora_lr=lora_lr,
+                                    token_lr=token_lr, seed=seed,
+                                    templates=tuple(t for t in templates.splitlines() if t.strip()))
+        with torch.inference_mode(False), torch.enable_grad():
+            backend = ComfyBackend(model, clip, vae)
+            make_trainable(backend)
+            token = new_token(backend, f"<{name}>", init_word)
+            identity = train_identity(backend, images_to_core(images).clone(), token, settings,
+                                      callback=training_progress(steps))
+        lora_file, token_text = write_exports(identity, name, overwrite)
+        model_out, clip_out = apply_identity(model, clip, identity)
+        return io.NodeOutput(model_out, clip_out, lora_file, token_text, loss_curve_image(identity.losses))
+
+
+class ChosenOneLoop(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="Protagonist_ChosenOneLoop", display_name="The Chosen One (Protagonist)",
+            category="Protagonist/The Chosen One",
+            description="The whole loop: proposals, DINOv2 clusters, LoRA + token, repeated until consistent. "
+                        "Each round is kept in output/protagonist_runs/<name>; run again to resume.",
+            inputs=[
+                io.Model.Input("model", tooltip="An SDXL model."),
+                io.Clip.Input("clip", tooltip="Its text encoders."),
+                io.Vae.Input("vae", tooltip="Its VAE."),
+                io.String.Input("prompt", multiline=True, default="a photo of a 50 years old man with curly hair",
+                                tooltip="Describes the character."),
+                io.String.Input("init_word", default="man", tooltip="A one-token word the new token starts from."),
+                io.String.Input("identity_prompt", default="a photo of {}",
+                                tooltip="Prompt of later rounds; {} becomes the learned token."),
+                io.Combo.Input("preset", options=list(PRESETS), default="fast",
+                               tooltip="paper: the published recipe; fast: about 4× fewer model evaluations."),
+                io.String.Input("dinov2", default="dinov2-large", tooltip="A folder in models/dinov2 or a hub id."),
+                io.String.Input("name", default="protagonist", tooltip="Run, token and file name."),
+                io.Int.Input("width", default=1024, min=16, max=4096, step=8, tooltip="Proposal width."),
+                io.Int.Input("height", default=1024, min=16, max=4096, step=8, tooltip="Proposal height."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, tooltip="Seed of proposals and training."),
+                io.Boolean.Input("overwrite", default=False, tooltip="Replace existing exported files."),
+            ],
+            outputs=[io.Model.Output(), io.Clip.Output(), io.String.Output(display_name="token"),
+                     io.Image.Output(display_name="last_proposals"), io.String.Output(display_name="report")],
+        )
+
+    @classmethod
+    def execute(cls, model, clip, vae, prompt, init_word, identity_prompt, preset, dinov2, name, width, height,
+                seed, overwrite) -> io.NodeOutput:
+        output_file("loras", f"{name}.safetensors", overwrite)
+        settings = preset_settings(preset, prompt, init_word, identity_prompt, size=(height, width), seed=seed,
+                                       token_name=f"<{name}>")
+        embedder = cached_dinov2(dinov2)
+        shown = []
+        with torch.inference_mode(False), torch.enable_grad():
+            backend = ComfyBackend(model, clip, vae)
+            make_trainable(backend)
+            result = run_chosen_one(
+                backend, settings, lambda images: embed_images(embedder, images), run_directory(name),
+                callback=lambda index, stage, images: shown.append(images),
+                sample_callback=SamplingProgress(model, settings.proposals.steps, 1),
+                train_callback=training_progress(settings.training.steps))
+        if result.identity is None:
+            raise RuntimeError("no round completed; see the log for why")
+        save_identity(result.identity, output_file("protagonist", f"{name}.safetensors", True), "sdxl", init_word)
+        lora_file, token_text = write_exports(result.identity, name, overwrite)
+        model_out, clip_out = apply_identity(model, clip, result.identity)
+        report = "\n".join(f"round {r.index}: spread {r.spread:.4f}, cluster of {len(r.chosen)}"
+                           for r in result.rounds) + f"\nconverged: {result.converged}; LoRA {lora_file}"
+        last = shown[-1] if shown else torch.zeros(1, 3, 8, 8)
+        return io.NodeOutput(model_out, clip_out, token_text, images_to_comfy(last), report)
