@@ -173,6 +173,11 @@ class DiffusionBackend(ABC):
         """Keep the models ready on their device for a run of predictions (no-op by default)."""
         yield
 
+    @contextlib.contextmanager
+    def trainable(self) -> Iterator[None]:
+        """While active, gradients can flow through the denoiser and the text encoders (no-op by default)."""
+        yield
+
     # -- VAE ---------------------------------------------------------------------------------
     @abstractmethod
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:

@@ -22,14 +22,6 @@ from .model_folders import output_file, run_directory
 from .progress import SamplingProgress
 
 
-def make_trainable(backend: ComfyBackend) -> None:
-    """Weights loaded under ComfyUI's inference mode cannot take part in autograd: give them normal copies."""
-    for module in (backend.denoiser, *[t for t in backend.embedding_tables().values()]):
-        for parameter in module.parameters():
-            if parameter.is_inference():
-                parameter.data = parameter.data.clone()
-
-
 def training_progress(total: int):
     bar = comfy.utils.ProgressBar(total)
 
@@ -92,7 +84,6 @@ class LoraTITrainer(io.ComfyNode):
                                     templates=tuple(t for t in templates.splitlines() if t.strip()))
         with torch.inference_mode(False), torch.enable_grad():
             backend = ComfyBackend(model, clip, vae)
-            make_trainable(backend)
             token = new_token(backend, f"<{name}>", init_word)
             identity = train_identity(backend, images_to_core(images).clone(), token, settings,
                                       callback=training_progress(steps))
@@ -141,7 +132,6 @@ class ChosenOneLoop(io.ComfyNode):
         shown = []
         with torch.inference_mode(False), torch.enable_grad():
             backend = ComfyBackend(model, clip, vae)
-            make_trainable(backend)
             result = run_chosen_one(
                 backend, settings, lambda images: embed_images(embedder, images), run_directory(name),
                 callback=lambda index, stage, images: shown.append(images),

@@ -175,6 +175,28 @@ class ComfyBackend(DiffusionBackend):
             self.model.cleanup()
             self._processed = {}
 
+    @contextlib.contextmanager
+    def trainable(self):
+        """Make this model's weights usable by autograd and its CLIP layers differentiable, for one job.
+
+        Weights loaded under ComfyUI's inference mode get normal copies (same values). ComfyUI's CLIP
+        layers add residuals in place, which autograd cannot differentiate through; while training,
+        each layer *instance* of this CLIP gets an out-of-place forward, removed afterwards.
+        """
+        modules = [self.denoiser] + ([self.clip.cond_stage_model] if self.clip is not None else [])
+        for module in modules:
+            for parameter in module.parameters():
+                if parameter.is_inference():
+                    parameter.data = parameter.data.clone()
+        layers = [m for m in modules[1:] for m in m.modules() if type(m).__name__ == "CLIPLayer"]
+        for layer in layers:
+            layer.forward = _out_of_place_clip_layer(layer)
+        try:
+            yield
+        finally:
+            for layer in layers:
+                del layer.forward
+
     def to_comfy(self, cond: Conditioning) -> list:
         """The core conditioning as a ComfyUI CONDITIONING list."""
         options = dict(cond.extras.get("comfy", {}))
@@ -219,6 +241,14 @@ class ComfyBackend(DiffusionBackend):
     def decode_latents(self, latents):
         raw = self.model.model.process_latent_out(latents.to(torch.float32))
         return images_to_core(self._require_vae().decode(raw))
+
+
+def _out_of_place_clip_layer(layer):
+    def forward(x, mask=None, optimized_attention=None):
+        x = x + layer.self_attn(layer.layer_norm1(x), mask, optimized_attention)
+        return x + layer.mlp(layer.layer_norm2(x))
+
+    return forward
 
 
 def find_subsequence(sequence: list, pattern: list) -> list[int]:

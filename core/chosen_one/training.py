@@ -86,7 +86,7 @@ def train_identity(backend: DiffusionBackend, images: torch.Tensor, token: Token
             {"params": adapter.parameters(), "lr": settings.lora_lr},
             {"params": list(token.vectors.values()), "lr": settings.token_lr, "weight_decay": 0.0},
         ])
-        with backend.session():
+        with backend.trainable(), backend.session():
             losses = _fit(backend, latents, token, settings, optimizer, generator, callback)
         return LearnedIdentity(_detached(token), adapter.state_dict(), settings.rank, settings.alpha, losses)
     finally:

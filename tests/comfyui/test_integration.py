@@ -2,50 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import sys
-
 import pytest
 import torch
 
 from protagonist.core.sampling import cfg_guidance, sample, seeded_noise
-from protagonist.core.tiny_models import tiny_sdxl
+
+from .helpers import pack_module, run_prompt, tiny_loader_node
 
 PARITY_TOLERANCE = 1e-4
 OUR_NODES = {"Protagonist_ProposalSampler", "Protagonist_DINOv2Embed", "Protagonist_KMeansCohesiveCluster",
              "Protagonist_LoraTITrainer", "Protagonist_ChosenOneLoop"}
-
-
-@pytest.fixture(scope="module")
-def diffusers_sdxl():
-    backend = tiny_sdxl(0)
-    for module in backend.modules().values():
-        module.eval()
-    return backend
-
-
-@pytest.fixture(scope="module")
-def comfy_sdxl(comfy_nodes, diffusers_sdxl):
-    from . import tiny_comfy
-
-    b = diffusers_sdxl
-    model = tiny_comfy.comfy_sdxl_model(b.unet)
-    clip = tiny_comfy.comfy_sdxl_clip(b.text_encoders["clip_l"], b.text_encoders["clip_g"],
-                                      b.tokenizers["clip_l"], b.tokenizers["clip_g"])
-    return model, clip, tiny_comfy.comfy_vae(b.vae)
-
-
-def pack_module(name: str):
-    """A module of the pack as ComfyUI imported it (ComfyUI names the package after its folder path)."""
-    from .conftest import PACK_ROOT
-
-    return sys.modules[str(PACK_ROOT).replace(".", "_x_") + "." + name]
-
-
-@pytest.fixture(scope="module")
-def comfy_backend(comfy_sdxl):
-    model, clip, vae = comfy_sdxl
-    return pack_module("nodes.comfy_backend").ComfyBackend(model, clip, vae)
 
 
 def test_every_node_registers(comfy_nodes):
@@ -96,50 +62,8 @@ def test_core_sampler_same_image_on_both_backends(diffusers_sdxl, comfy_backend)
     assert (results[0] - results[1]).abs().max() <= 1e-3
 
 
-def _tiny_loader_node(comfy_sdxl):
-    """A test-only node that hands the in-process tiny models to a prompt."""
-    from comfy_api.v0_0_2 import io
-
-    class TinyModels(io.ComfyNode):
-        @classmethod
-        def define_schema(cls):
-            return io.Schema(node_id="ProtagonistTest_TinyModels", category="testing", inputs=[],
-                             outputs=[io.Model.Output(), io.Clip.Output(), io.Vae.Output()])
-
-        @classmethod
-        def execute(cls):
-            return io.NodeOutput(*comfy_sdxl)
-
-    return TinyModels
-
-
-class _StubServer:
-    client_id = None
-    last_node_id = None
-    last_prompt_id = None
-    sockets_metadata: dict = {}
-
-    def __init__(self):
-        self.messages = []
-
-    def send_sync(self, event, data, sid=None):
-        self.messages.append((event, data))
-
-
-def run_prompt(prompt: dict) -> dict:
-    """Validate and execute an API-format prompt with ComfyUI's own executor; the outputs by node id."""
-    import execution
-
-    valid = asyncio.run(execution.validate_prompt("test", prompt, None))
-    assert valid[0], valid
-    executor = execution.PromptExecutor(_StubServer())
-    asyncio.run(executor.execute_async(prompt, "test", {}, valid[2]))
-    assert executor.success, executor.status_messages
-    return executor.history_result["outputs"], executor
-
-
 def test_proposal_sampler_runs_in_comfyui(comfy_nodes, comfy_sdxl):
-    comfy_nodes.NODE_CLASS_MAPPINGS["ProtagonistTest_TinyModels"] = _tiny_loader_node(comfy_sdxl)
+    comfy_nodes.NODE_CLASS_MAPPINGS["ProtagonistTest_TinyModels"] = tiny_loader_node(comfy_sdxl)
     prompt = {
         "1": {"class_type": "ProtagonistTest_TinyModels", "inputs": {}},
         "2": {"class_type": "Protagonist_ProposalSampler", "inputs": {

@@ -83,7 +83,8 @@ def _comfy_clip_keys(state: dict) -> dict:
     return out
 
 
-def comfy_sdxl_clip(text_encoder, text_encoder_2, tokenizer, tokenizer_2) -> comfy.sd.CLIP:
+def comfy_sdxl_clip(text_encoder, text_encoder_2, tokenizer, tokenizer_2,
+                    embedding_directory: str | None = None) -> comfy.sd.CLIP:
     """A ComfyUI SDXL CLIP with the tiny encoders and the locally built tokenizers."""
     specials = {"start": tokenizer.bos_token_id, "end": tokenizer.eos_token_id}
 
@@ -111,7 +112,7 @@ def comfy_sdxl_clip(text_encoder, text_encoder_2, tokenizer, tokenizer_2) -> com
     class Target:
         clip, tokenizer, params = TinySDXLClip, TinySDXLTokenizer, {}
 
-    clip = comfy.sd.CLIP(Target(), model_options={"dtype": torch.float32})
+    clip = comfy.sd.CLIP(Target(), embedding_directory=embedding_directory, model_options={"dtype": torch.float32})
     for part, encoder in (("clip_l", text_encoder), ("clip_g", text_encoder_2)):
         module = getattr(clip.cond_stage_model, part)
         _resize_vocab(module, encoder.config.vocab_size)

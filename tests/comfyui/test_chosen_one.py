@@ -1,0 +1,75 @@
+"""The Chosen One inside real ComfyUI: exports reload in stock nodes; the nodes run in the executor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from protagonist.core.adapters import lora_applied
+from protagonist.core.chosen_one.identity_file import export_for_comfyui
+from protagonist.core.chosen_one.training import IdentityTraining, new_token, train_identity
+from protagonist.core.tiny_models import tiny_dinov2
+
+from .helpers import pack_module, run_prompt, tiny_loader_node
+
+PARITY_TOLERANCE = 1e-4
+
+
+def test_exported_identity_reloads_in_stock_comfyui(comfy_nodes, diffusers_sdxl, comfy_sdxl):
+    import folder_paths
+
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    token = new_token(diffusers_sdxl, "<hero>", "blob")
+    identity = train_identity(diffusers_sdxl, images, token, IdentityTraining(steps=4, lora_lr=2e-2, token_lr=5e-2))
+    loras, embeddings = (Path(folder_paths.get_folder_paths(n)[0]) for n in ("loras", "embeddings"))
+    export_for_comfyui(identity, loras / "hero_lora.safetensors", embeddings / "hero.safetensors", overwrite=True)
+
+    model, clip, vae = comfy_sdxl
+    model, clip = comfy_nodes.NODE_CLASS_MAPPINGS["LoraLoader"]().load_lora(model, clip, "hero_lora.safetensors",
+                                                                             1.0, 1.0)
+    theirs = pack_module("nodes.comfy_backend").ComfyBackend(model, clip, vae)
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        cond_theirs = theirs.encode_prompts(["a photo of embedding:hero"], image_size=(32, 32))
+        cond_ours = diffusers_sdxl.encode_prompts(["a photo of <hero>"], tokens=[identity.token])
+        assert (cond_theirs.embeds - cond_ours.embeds).abs().max() <= PARITY_TOLERANCE
+        with lora_applied(diffusers_sdxl.denoiser, identity.lora, identity.rank, identity.alpha):
+            ours = diffusers_sdxl.predict(x, torch.tensor(1.5), [cond_ours])
+        plain = diffusers_sdxl.predict(x, torch.tensor(1.5), [cond_ours])
+        with theirs.session():
+            got = theirs.predict(x, torch.tensor(1.5), [cond_theirs])
+    assert (ours - plain).abs().max() > 1e-3  # the LoRA does something
+    assert (ours - got).abs().max() <= PARITY_TOLERANCE
+
+
+def test_chosen_one_nodes_run_one_round_in_the_executor(comfy_nodes, comfy_sdxl):
+    import folder_paths
+
+    tiny_dinov2(0).save_pretrained(str(Path(folder_paths.get_folder_paths("dinov2")[0]) / "tiny"))
+    comfy_nodes.NODE_CLASS_MAPPINGS["ProtagonistTest_TinyModels"] = tiny_loader_node(comfy_sdxl)
+    sampler = {"clip": ["1", 1], "vae": ["1", 2], "negative": "", "steps": 2, "cfg": 4.0, "sampler": "euler",
+               "width": 32, "height": 32, "batch_size": 8}
+    prompt = {
+        "1": {"class_type": "ProtagonistTest_TinyModels", "inputs": {}},
+        "2": {"class_type": "Protagonist_ProposalSampler", "inputs": {
+            **sampler, "model": ["1", 0], "prompt": "a photo of a blob", "count": 8, "seed": 1}},
+        "3": {"class_type": "Protagonist_DINOv2Embed", "inputs": {"images": ["2", 0], "dinov2": "tiny",
+                                                                  "resolution": 0}},
+        "4": {"class_type": "Protagonist_KMeansCohesiveCluster", "inputs": {
+            "embeddings": ["3", 0], "images": ["2", 0], "clusters": 2, "min_cluster_size": 2, "metric": "cosine",
+            "seed": 0}},
+        "5": {"class_type": "Protagonist_LoraTITrainer", "inputs": {
+            "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "images": ["4", 0], "name": "nodehero",
+            "init_word": "blob", "templates": "a photo of {}", "steps": 3, "batch_size": 2, "rank": 2, "alpha": 2.0,
+            "lora_lr": 1e-3, "token_lr": 1e-3, "seed": 0, "overwrite": True}},
+        "6": {"class_type": "Protagonist_ProposalSampler", "inputs": {
+            **sampler, "model": ["5", 0], "clip": ["5", 1], "prompt": "a photo of embedding:nodehero", "count": 2,
+            "seed": 5}},
+        "7": {"class_type": "PreviewImage", "inputs": {"images": ["6", 0]}},
+        "8": {"class_type": "PreviewImage", "inputs": {"images": ["5", 4]}},
+    }
+    outputs, _ = run_prompt(prompt)
+    assert len(outputs["7"]["images"]) == 2 and len(outputs["8"]["images"]) == 1
+    for folder in ("loras", "embeddings"):
+        assert (Path(folder_paths.get_folder_paths(folder)[0]) / "nodehero.safetensors").exists()
