@@ -111,22 +111,22 @@ def _find(attr: str, text: str) -> list[tuple[int, str]]:
     return sorted(hits)
 
 
-def _identity_part(text: str) -> dict[str, str]:
+def _named(attributes, text: str) -> dict[str, str]:
+    """The first value named in `text` of each of `attributes`."""
     found = {}
-    for attr in IDENTITY_ATTRIBUTES:
+    for attr in attributes:
         hits = _find(attr, text)
         if hits:
             found[attr] = hits[0][1]
     return found
+
+
+def _identity_part(text: str) -> dict[str, str]:
+    return _named(IDENTITY_ATTRIBUTES, text)
 
 
 def _context_part(text: str) -> dict[str, str]:
-    found = {}
-    for attr in CONTEXT_ATTRIBUTES:
-        hits = _find(attr, text)
-        if hits:
-            found[attr] = hits[0][1]
-    return found
+    return _named(CONTEXT_ATTRIBUTES, text)
 
 
 def parse_prompt(prompt: str) -> dict:
