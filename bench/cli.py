@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ..cli import load_model
 from .harness import PlainSampling, SamplingSettings, read_characters, run_method
 from .methods.chosen_one import ChosenOneMethod
 from .report import markdown_table, table_row, write_contact_sheet
@@ -24,16 +25,6 @@ METHODS = {
 }
 
 
-def load_bench_model(name: str, device: str):
-    if name in ("sprite-sdxl", "sprite-flux"):
-        from ..sprites.models import load_sprite_model
-
-        return load_sprite_model(name.split("-")[1], device)
-    from ..cli import load_model
-
-    return load_model(name, device)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="protagonist.bench", description=__doc__)
     parser.add_argument("--model", default="sprite-sdxl", help="sprite-sdxl, sprite-flux, or any --model of the CLI")
@@ -45,8 +36,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cfg", type=float, default=5.0)
     parser.add_argument("--sampler", default="euler")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--grids", type=int, default=0,
+                        help="also score N 2×2 grid prompts (FLUX: the grid ability DSD mines)")
     parser.add_argument("--out", default="out/bench")
     return parser
+
+
+def grid_report(backend, args, settings, oracle, out: Path) -> str:
+    from ..core.images import contact_sheet, save_png
+    from .grids import run_grids, score_grids
+
+    images, _, contexts = run_grids(backend, args.grids, args.seed, settings)
+    scores = score_grids(images, contexts, oracle)
+    save_png(contact_sheet(images[:16], columns=4, scale=2), out / "grids_contact_sheet.png")
+    return (f"grid prompts: {scores.grids}; one identity in all four panels: {scores.consistent:.1%}; "
+            f"panel validity {scores.panel_validity:.1%}; panel conformity {scores.panel_conformity:.1%}\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     characters = read_characters(args.prompts)[: args.characters or None]
-    backend = load_bench_model(args.model, args.device)
+    backend = load_model(args.model, args.device)
     settings = SamplingSettings(steps=args.steps, cfg=args.cfg, sampler=args.sampler)
     oracle, embedder = Oracle.load(), load_embedder()
     out = Path(args.out)
@@ -68,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         write_contact_sheet(run, out, columns=max(len(c.contexts) for c in characters))
         results[name] = {"scores": asdict(scores), "tuning": asdict(run.tuning), "generation": asdict(run.generation)}
     table = markdown_table(rows)
+    if args.grids:
+        table += "\n" + grid_report(backend, args, settings, oracle, out)
     header = (f"model `{args.model}`, {len(characters)} characters × {len(characters[0].contexts)} prompts, "
               f"{args.steps} steps, CFG {args.cfg}, {args.sampler}, base seed {args.seed}, "
               f"{torch.get_num_threads()} CPU threads\n\n")

@@ -85,3 +85,18 @@ def test_prompt_file_errors_name_the_line(tmp_path):
     with pytest.raises(ValueError, match="a blob"):
         read_characters(path)
     assert Character("a blob", ["x"]).prompts == ["a blob x"]
+
+
+def test_grid_scoring_on_rendered_grids(oracle):
+    from protagonist.bench.grids import grid_prompts, score_grids
+    from protagonist.sprites.world import render_grid
+
+    prompts, contexts = grid_prompts(4, seed=3)
+    rng = np.random.default_rng(0)
+    same = torch.stack([render_grid(Identity.from_index(5), c, rng) for c in contexts])
+    scores = score_grids(same, contexts, oracle)
+    assert scores.consistent == 1.0 and scores.panel_conformity == 1.0 and scores.panel_validity == 1.0
+    mixed = same.clone()
+    mixed[:, :, :32, :32] = torch.stack([render_grid(Identity.from_index(700), c, rng) for c in contexts])[:, :, :32, :32]
+    assert score_grids(mixed, contexts, oracle).consistent == 0.0
+    assert all("2x2 grid" in p for p in prompts)
