@@ -135,7 +135,8 @@ class ChosenOneLoop(io.ComfyNode):
             result = run_chosen_one(
                 backend, settings, lambda images: embed_images(embedder, images), run_directory(name),
                 callback=lambda index, stage, images: shown.append(images),
-                sample_callback=SamplingProgress(model, settings.proposals.steps, 1),
+                sample_callback=SamplingProgress(model, settings.proposals.steps, runs=(settings.max_rounds + 1) * -(
+                    -settings.proposals.count // settings.proposals.batch_size)),
                 train_callback=training_progress(settings.training.steps))
         if result.identity is None:
             raise RuntimeError("no round completed; see the log for why")
