@@ -174,6 +174,23 @@ class DiffusionBackend(ABC):
         yield
 
     @contextlib.contextmanager
+    def capture_features(self, point: str, cond_index: int, n_conds: int) -> Iterator[dict]:
+        """While active, `store["features"]` holds the input of `point` for conditioning `cond_index`
+        at the latest prediction (predictions batch their conditionings in order, `n_conds` of them)."""
+        store: dict = {}
+
+        def hook(module, args):
+            x = args[0]
+            size = x.shape[0] // n_conds
+            store["features"] = x[cond_index * size:(cond_index + 1) * size].detach().float().cpu().clone()
+
+        handle = self.feature_module(point).register_forward_pre_hook(hook)
+        try:
+            yield store
+        finally:
+            handle.remove()
+
+    @contextlib.contextmanager
     def trainable(self) -> Iterator[None]:
         """While active, gradients can flow through the denoiser and the text encoders (no-op by default)."""
         yield

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +38,7 @@ class Proposals:
     latents: torch.Tensor  # [N, C, h, w] in the denoiser's space
     images: torch.Tensor  # [N, 3, H, W] in [0, 1]
     seeds: list[int]
+    features: torch.Tensor | None = None  # denoiser features at the last step, conditional branch
 
 
 def generate_proposals(
@@ -46,21 +48,35 @@ def generate_proposals(
     settings: ProposalSettings,
     tokens: list[TokenEmbedding] | None = None,
     callback: StepCallback | None = None,
+    feature_point: str | None = None,
 ) -> Proposals:
-    """`settings.count` images of `prompt`, sampled `settings.batch_size` at a time with CFG."""
+    """`settings.count` images of `prompt`, sampled `settings.batch_size` at a time with CFG.
+
+    With `feature_point` (e.g. "mid_block"), the input of that module at the last denoising step,
+    conditional branch only, is kept for every image.
+    """
     settings.check()
     size = (settings.height, settings.width)
     with torch.no_grad():
         positive = backend.encode_prompts([prompt], tokens=tokens, image_size=size)
         negative_cond = backend.encode_prompts([negative], image_size=size)
     seeds = [settings.seed + i for i in range(settings.count)]
-    latents, images = [], []
+    latents, images, features = [], [], []
     for start in range(0, settings.count, settings.batch_size):
         batch_seeds = seeds[start:start + settings.batch_size]
         noise = seeded_noise(batch_seeds, backend.latent_shape(len(batch_seeds), *size))
-        batch = sample(backend, [negative_cond, positive], noise, settings.steps, cfg_guidance(settings.cfg),
-                       settings.sampler, callback=callback)
+        with _capture(backend, feature_point) as store:
+            batch = sample(backend, [negative_cond, positive], noise, settings.steps, cfg_guidance(settings.cfg),
+                           settings.sampler, callback=callback)
+        features.append(store.get("features"))
         latents.append(batch)
         with torch.no_grad():
             images.append(backend.decode_latents(batch))
-    return Proposals(torch.cat(latents), torch.cat(images), seeds)
+    captured = torch.cat(features) if feature_point else None
+    return Proposals(torch.cat(latents), torch.cat(images), seeds, captured)
+
+
+def _capture(backend: DiffusionBackend, point: str | None):
+    if point is None:
+        return contextlib.nullcontext({})
+    return backend.capture_features(point, cond_index=1, n_conds=2)

@@ -74,9 +74,12 @@ def sampler_step_dpmpp_2m(x, denoised, sigma, sigma_next, state):
 SAMPLERS = {"euler": sampler_step_euler, "dpmpp_2m": sampler_step_dpmpp_2m}
 
 
+Conds = list[Conditioning] | Callable[[StepInfo], list[Conditioning]]
+
+
 def sample(
     backend: DiffusionBackend,
-    conds: list[Conditioning],
+    conds: Conds,
     noise: torch.Tensor,
     steps: int,
     guidance: Guidance,
@@ -88,7 +91,8 @@ def sample(
 
     Args:
         backend: the model.
-        conds: conditionings evaluated at every step, in the order `guidance` expects.
+        conds: conditionings evaluated at every step, in the order `guidance` expects, or a function of
+            the step that returns them (guidance that changes its terms during sampling).
         noise: [B, C, h, w] unit Gaussian noise; one row per image.
         steps: number of denoising steps (ignored when `sigmas` is given).
         guidance: combines the [len(conds), B, …] x0 predictions of a step.
@@ -108,7 +112,8 @@ def sample(
         for i in range(total):
             sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
             info = StepInfo(i, total, sigma, sigmas)
-            preds = backend.predict(x, torch.tensor(sigma), conds)
+            step_conds = conds(info) if callable(conds) else conds
+            preds = backend.predict(x, torch.tensor(sigma), step_conds)
             denoised = guidance(preds, info)
             x = step_fn(x, denoised, sigma, sigma_next, state)
             if callback is not None:

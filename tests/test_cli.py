@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -11,8 +12,9 @@ from protagonist.cli import main
 
 
 def test_help_lists_every_method():
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}  # also when run from a plain checkout
     result = subprocess.run([sys.executable, "-m", "protagonist", "--help"], capture_output=True, text=True,
-                            check=True)
+                            check=True, env=env)
     for command in ("sample", "chosen-one", "oneactor", "dsd"):
         assert command in result.stdout
 
