@@ -89,3 +89,22 @@ def lora_applied(module: torch.nn.Module, state: dict[str, torch.Tensor], rank: 
         yield adapter
     finally:
         adapter.remove()
+
+
+@contextlib.contextmanager
+def frozen(*modules: torch.nn.Module):
+    """Temporarily stop gradients into every existing parameter of `modules` (restored afterwards)."""
+    with frozen_parameters([p for m in modules for p in m.parameters()]):
+        yield
+
+
+@contextlib.contextmanager
+def frozen_parameters(parameters: list[torch.nn.Parameter]):
+    saved = [(p, p.requires_grad) for p in parameters]
+    for parameter, _ in saved:
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter, flag in saved:
+            parameter.requires_grad_(flag)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..adapters import ATTENTION_TARGETS, LoraAdapter
+from ..adapters import ATTENTION_TARGETS, LoraAdapter, frozen, frozen_parameters
 from ..interface import DiffusionBackend, ProtagonistError, TokenEmbedding
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,15 @@ def new_token(backend: DiffusionBackend, name: str, init_word: str) -> TokenEmbe
     return TokenEmbedding(name, {k: v.float().clone().requires_grad_(True) for k, v in rows.items()})
 
 
+def text_modules(backend: DiffusionBackend) -> list[torch.nn.Module]:
+    """The text encoders (through their embedding tables' owners when the backend exposes them)."""
+    encoders = getattr(backend, "text_encoders", None)
+    if encoders:
+        return list(encoders.values())
+    clip = getattr(backend, "clip", None)
+    return [clip.cond_stage_model] if clip is not None else []
+
+
 def _batches(count: int, batch_size: int, steps: int, generator: torch.Generator):
     for _ in range(steps):
         yield torch.randint(0, count, (min(batch_size, count),), generator=generator)
@@ -79,6 +88,8 @@ def train_identity(backend: DiffusionBackend, images: torch.Tensor, token: Token
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)  # peft draws LoRA's A from the global generator
         adapter = LoraAdapter(backend.denoiser, settings.rank, settings.alpha, settings.targets)
+    trained = {id(p) for p in adapter.parameters()}
+    base = [p for p in backend.denoiser.parameters() if id(p) not in trained]
     try:
         if initial_lora is not None:
             adapter.load_state_dict(initial_lora)
@@ -86,7 +97,7 @@ def train_identity(backend: DiffusionBackend, images: torch.Tensor, token: Token
             {"params": adapter.parameters(), "lr": settings.lora_lr},
             {"params": list(token.vectors.values()), "lr": settings.token_lr, "weight_decay": 0.0},
         ])
-        with backend.trainable(), backend.session():
+        with backend.trainable(), backend.session(), frozen_parameters(base), frozen(*text_modules(backend)):
             losses = _fit(backend, latents, token, settings, optimizer, generator, callback)
         return LearnedIdentity(_detached(token), adapter.state_dict(), settings.rank, settings.alpha, losses)
     finally:

@@ -1,0 +1,55 @@
+"""Cluster-guided sampling: towards the target's offset, away from the auxiliaries' mean, then plain CFG.
+
+    x̂ = x̂(∅) + η1·[x̂(p, v·Δc_tar) − x̂(∅)] − η2·[x̂(p, Δc̄_aux) − x̂(∅)]
+
+on the first `cluster_fraction` of the steps. The weights sum to 1 (η1 − η2 + (1 − η1 + η2)), so the
+rule is the same in x0 and in ε space. With η2 = 0 the auxiliary term is not evaluated at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..interface import Conditioning, DiffusionBackend, WordOffset, apply_word_offset
+from ..sampling import StepInfo
+
+
+@dataclass
+class ClusterGuidance:
+    eta_target: float = 8.0
+    eta_aux: float = 1.0
+    semantic_scale: float = 0.8
+    cluster_fraction: float = 20 / 30
+    cfg: float = 7.5
+
+    def in_cluster_phase(self, info: StepInfo) -> bool:
+        return info.index < round(self.cluster_fraction * info.total)
+
+
+def cluster_guided_terms(backend: DiffusionBackend, prompts: list[str], negative: str, base_word: str,
+                         delta_target: torch.Tensor, delta_aux: torch.Tensor, settings: ClusterGuidance,
+                         image_size: tuple[int, int]):
+    """The (conds, guidance) pair for `core.sampling.sample`."""
+    with torch.no_grad():
+        empty = backend.encode_prompts([negative], image_size=image_size)
+        base = backend.encode_prompts(prompts, word=base_word, image_size=image_size)
+    target = apply_word_offset(base, WordOffset(base_word, delta_target, settings.semantic_scale))
+    aux = apply_word_offset(base, WordOffset(base_word, delta_aux))
+    use_aux = settings.eta_aux != 0
+
+    def conds(info: StepInfo) -> list[Conditioning]:
+        if settings.in_cluster_phase(info):
+            return [empty, target, aux] if use_aux else [empty, target]
+        return [empty, target]
+
+    def guidance(preds: torch.Tensor, info: StepInfo) -> torch.Tensor:
+        if not settings.in_cluster_phase(info):
+            return preds[0] + settings.cfg * (preds[1] - preds[0])
+        out = preds[0] + settings.eta_target * (preds[1] - preds[0])
+        if use_aux:
+            out = out - settings.eta_aux * (preds[2] - preds[0])
+        return out
+
+    return conds, guidance

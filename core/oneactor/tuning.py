@@ -1,0 +1,116 @@
+"""OneActor tuning: teach the projector to turn a proposal's features into its word offset.
+
+Each step's batch is the target, `aux_per_batch` auxiliary proposals, and the "average" sample (the
+target image with the mean offset of the batch's auxiliaries); the loss is
+L_tar + λ1·L_aux + λ2·L_aver (paper: λ1 = 0.5, λ2 = 0.3). Only the projector learns.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from ..interface import DiffusionBackend, ProtagonistError, WordOffset, apply_word_offset, concat_conditionings
+from ..adapters import frozen
+from .projector import Projector
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TEMPLATES = ("a photo of a {}", "a portrait of a {}", "a picture of a {}", "an image of a {}",
+                     "a close-up photo of a {}", "a rendering of a {}", "a {}")
+
+
+@dataclass
+class OneActorTuning:
+    steps: int = 200
+    aux_per_batch: int = 3
+    lr: float = 1e-4
+    weight_decay: float = 1e-2
+    lambda_aux: float = 0.5
+    lambda_aver: float = 0.3
+    templates: tuple[str, ...] = DEFAULT_TEMPLATES
+    seed: int = 0
+
+
+@dataclass
+class ProposalSet:
+    """One target and its auxiliaries: latents [N, C, h, w] and features [N, …]; index 0 is the target."""
+
+    latents: torch.Tensor
+    features: torch.Tensor
+    image_size: tuple[int, int]
+
+    @classmethod
+    def from_proposals(cls, proposals, target: int, image_size: tuple[int, int]) -> "ProposalSet":
+        count = proposals.latents.shape[0]
+        if not 0 <= target < count:
+            raise ProtagonistError(f"target index {target} is out of range: there are {count} proposals (0–{count - 1})")
+        if proposals.features is None:
+            raise ProtagonistError("the proposals carry no features: sample them with feature capture on")
+        order = [target] + [i for i in range(count) if i != target]
+        return cls(proposals.latents[order], proposals.features[order], image_size)
+
+
+@dataclass
+class TunedProjector:
+    projector: Projector
+    losses: list[float] = field(default_factory=list)
+
+
+def new_projector(backend: DiffusionBackend, features: torch.Tensor, seed: int) -> Projector:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        width = backend.encode_prompts([""]).embeds.shape[-1]
+        return Projector(*features.shape[1:], width)
+
+
+def tune_projector(backend: DiffusionBackend, data: ProposalSet, base_word: str, settings: OneActorTuning,
+                   callback=None) -> TunedProjector:
+    if data.latents.shape[0] < 2:
+        raise ProtagonistError("OneActor needs the target and at least one auxiliary proposal")
+    generator = torch.Generator().manual_seed(settings.seed)
+    projector = new_projector(backend, data.features, settings.seed).to(backend.device)
+    optimizer = torch.optim.AdamW(projector.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    prompts = [t.format(base_word) for t in settings.templates]
+    with torch.no_grad():
+        template_conds = [backend.encode_prompts([p], word=base_word, image_size=data.image_size) for p in prompts]
+    spans = len(template_conds[0].word_positions[0])
+    if spans > 1:
+        log.info("the base word %r is %d tokens; the offset applies to all of them", base_word, spans)
+    projector.train()
+    losses = []
+    frozen_modules = [backend.denoiser, *backend.embedding_tables().values()]
+    with torch.enable_grad(), backend.session(), frozen(*frozen_modules):
+        for step in range(settings.steps):
+            loss = _step_loss(backend, projector, data, template_conds, base_word, settings, generator)
+            if not math.isfinite(loss.item()):
+                raise ProtagonistError(f"the tuning loss became NaN at step {step}; lower the learning rate")
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            if callback is not None:
+                callback(step, loss.item())
+    projector.eval()
+    return TunedProjector(projector, losses)
+
+
+def _step_loss(backend, projector, data: ProposalSet, template_conds, base_word, settings, generator) -> torch.Tensor:
+    aux_count = min(settings.aux_per_batch, data.latents.shape[0] - 1)
+    aux = 1 + torch.randperm(data.latents.shape[0] - 1, generator=generator)[:aux_count]
+    picked = torch.cat([torch.zeros(1, dtype=torch.long), aux])
+    offsets = projector(data.features[picked].to(backend.device))  # [1 + K, width]
+    offsets = torch.cat([offsets, offsets[1:].mean(dim=0, keepdim=True)])  # + the average condition
+    latents = data.latents[torch.cat([picked, torch.zeros(1, dtype=torch.long)])].to(backend.device)
+    choice = torch.randint(0, len(template_conds), (latents.shape[0],), generator=generator).tolist()
+    cond = concat_conditionings([template_conds[c] for c in choice])
+    cond = apply_word_offset(cond, WordOffset(base_word, offsets))
+    sigma = backend.schedule.training_sigmas(latents.shape[0], generator).to(latents.device)
+    noise = torch.randn(latents.shape, generator=generator).to(latents)
+    output = backend.raw_predict(backend.schedule.add_noise(latents, noise, sigma), sigma, cond)
+    target = backend.schedule.training_target(latents, noise, sigma)
+    per_sample = (output.float() - target.float()).pow(2).flatten(1).mean(dim=1)
+    return per_sample[0] + settings.lambda_aux * per_sample[1:-1].mean() + settings.lambda_aver * per_sample[-1]

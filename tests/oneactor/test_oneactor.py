@@ -1,0 +1,120 @@
+"""OneActor on tiny models: projector sizing, tuning, the guidance rule, batch independence, files, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from protagonist.core.interface import ProtagonistError
+from protagonist.core.oneactor.guidance import ClusterGuidance, cluster_guided_terms
+from protagonist.core.oneactor.identity import load_identity, make_identity, save_identity
+from protagonist.core.oneactor.projector import Projector
+from protagonist.core.oneactor.tuning import OneActorTuning, ProposalSet, tune_projector
+from protagonist.core.proposals import ProposalSettings, generate_proposals
+from protagonist.core.sampling import StepInfo, sample, seeded_noise
+
+
+@pytest.fixture(scope="module")
+def proposals(tiny_sdxl_backend):
+    settings = ProposalSettings(count=5, seed=2, steps=3, cfg=4.0, height=32, width=32, batch_size=5)
+    return generate_proposals(tiny_sdxl_backend, "a photo of a blob", "", settings, feature_point="mid_block")
+
+
+def test_features_are_the_mid_block_input_of_the_conditional_branch(tiny_sdxl_backend, proposals):
+    assert proposals.features.shape == (5, 64, 4, 4)  # tiny UNet: 64 channels at 4×4 before the mid block
+    assert not torch.equal(proposals.features[0], proposals.features[1])
+
+
+def test_projector_is_sized_from_the_features():
+    assert Projector(1280, 32, 32, 2048)(torch.randn(2, 1280, 32, 32)).shape == (2, 2048)
+    small = Projector(64, 4, 4, 96)
+    assert small(torch.randn(3, 64, 4, 4)).shape == (3, 96)
+    with pytest.raises(ProtagonistError, match=r"\(64, 8, 8\).*\(64, 4, 4\)"):
+        small(torch.randn(1, 64, 8, 8))
+
+
+def test_tuning_objective_falls_and_only_the_projector_learns(tiny_sdxl_backend, proposals):
+    from protagonist.core.oneactor.tuning import _step_loss, new_projector
+
+    backend = tiny_sdxl_backend
+    data = ProposalSet.from_proposals(proposals, target=2, image_size=(32, 32))
+    assert torch.equal(data.latents[0], proposals.latents[2])
+    weights = {k: v.clone() for k, v in backend.denoiser.state_dict().items()}
+    with torch.no_grad():
+        conds = [backend.encode_prompts(["a photo of a blob"], word="blob", image_size=(32, 32))]
+    projector = new_projector(backend, data.features, 0)
+    optimizer = torch.optim.AdamW(projector.parameters(), lr=1e-2)
+    settings = OneActorTuning(aux_per_batch=2)
+    losses = []
+    for _ in range(6):  # one fixed draw of auxiliaries, timesteps and noise
+        loss = _step_loss(backend, projector, data, conds, "blob", settings, torch.Generator().manual_seed(7))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    assert all(torch.equal(v, weights[k]) for k, v in backend.denoiser.state_dict().items())
+    tuned = tune_projector(backend, data, "blob", OneActorTuning(steps=5, aux_per_batch=2))
+    assert len(tuned.losses) == 5 and not tuned.projector.training
+
+
+def test_target_index_out_of_range_names_the_range(proposals):
+    with pytest.raises(ProtagonistError, match="out of range.*0–4"):
+        ProposalSet.from_proposals(proposals, target=5, image_size=(32, 32))
+
+
+def test_guidance_rule_matches_a_hand_computation_with_a_live_aux_term(tiny_sdxl_backend):
+    settings = ClusterGuidance(eta_target=7.0, eta_aux=1.5, cluster_fraction=0.5, cfg=3.0)
+    width = tiny_sdxl_backend.encode_prompts([""]).embeds.shape[-1]
+    conds, guidance = cluster_guided_terms(tiny_sdxl_backend, ["a photo of a blob"], "", "blob", torch.ones(width),
+                                           -torch.ones(width), settings, (32, 32))
+    early, late = StepInfo(0, 10, 1.0, torch.zeros(11)), StepInfo(6, 10, 1.0, torch.zeros(11))
+    assert len(conds(early)) == 3 and len(conds(late)) == 2
+    e0, et, ea = torch.tensor([1.0]), torch.tensor([3.0]), torch.tensor([2.0])
+    assert guidance(torch.stack([e0, et, ea]), early).item() == pytest.approx(1 + 7 * 2 - 1.5 * 1)
+    assert guidance(torch.stack([e0, et]), late).item() == pytest.approx(1 + 3 * 2)
+    target, aux = conds(early)[1], conds(early)[2]
+    base = tiny_sdxl_backend.encode_prompts(["a photo of a blob"], word="blob", image_size=(32, 32))
+    changed = (target.embeds - base.embeds).abs().sum(-1)[0].nonzero().flatten().tolist()
+    assert changed == base.word_positions[0]
+    assert torch.allclose((target.embeds - base.embeds)[0, changed[0]], torch.full((width,), 0.8))
+    assert torch.allclose((aux.embeds - base.embeds)[0, changed[0]], -torch.ones(width))
+
+
+def test_eta_aux_zero_evaluates_only_two_terms(tiny_sdxl_backend):
+    width = tiny_sdxl_backend.encode_prompts([""]).embeds.shape[-1]
+    conds, _ = cluster_guided_terms(tiny_sdxl_backend, ["a blob"], "", "blob", torch.zeros(width), torch.zeros(width),
+                                    ClusterGuidance(eta_aux=0.0), (32, 32))
+    assert len(conds(StepInfo(0, 10, 1.0, torch.zeros(11)))) == 2
+
+
+def test_a_sample_alone_equals_the_same_sample_in_a_batch(tiny_sdxl_backend, proposals, tmp_path):
+    data = ProposalSet.from_proposals(proposals, target=0, image_size=(32, 32))
+    tuned = tune_projector(tiny_sdxl_backend, data, "blob", OneActorTuning(steps=3))
+    identity = make_identity(tuned.projector, data.features, "blob", "sdxl")
+    reloaded = load_identity(save_identity(identity, tmp_path / "id.safetensors"), tiny_sdxl_backend)
+    assert torch.equal(reloaded.delta_target, identity.delta_target)
+    results = []
+    for prompts, seeds in ((["a blob in the snow"], [9]), (["a blob in the snow", "a blob at night"], [9, 4])):
+        conds, guidance = cluster_guided_terms(tiny_sdxl_backend, prompts, "", "blob", reloaded.delta_target,
+                                               reloaded.delta_aux, ClusterGuidance(), (32, 32))
+        noise = seeded_noise(seeds, tiny_sdxl_backend.latent_shape(len(seeds), 32, 32))
+        results.append(sample(tiny_sdxl_backend, conds, noise, 3, guidance))
+    # Only float noise of different batch sizes remains (a train-mode BatchNorm would change the offsets).
+    assert (results[0][0] - results[1][0]).abs().max() < 1e-3
+
+
+def test_identity_from_another_model_is_refused(tiny_sdxl_backend, tiny_flux_backend, proposals, tmp_path):
+    data = ProposalSet.from_proposals(proposals, target=0, image_size=(32, 32))
+    identity = make_identity(tune_projector(tiny_sdxl_backend, data, "blob", OneActorTuning(steps=1)).projector,
+                             data.features, "blob", "sdxl")
+    path = save_identity(identity, tmp_path / "id.safetensors")
+    with pytest.raises(ProtagonistError, match="tuned on a sdxl model"):
+        load_identity(path, tiny_flux_backend)
+
+
+def test_base_word_missing_from_the_prompt_lists_its_words(tiny_sdxl_backend):
+    with pytest.raises(ProtagonistError, match=r"'cat' does not occur.*'beach', 'blob'"):
+        width = tiny_sdxl_backend.encode_prompts([""]).embeds.shape[-1]
+        cluster_guided_terms(tiny_sdxl_backend, ["a blob on the beach"], "", "cat", torch.zeros(width),
+                             torch.zeros(width), ClusterGuidance(), (32, 32))
