@@ -12,6 +12,7 @@ import torch
 
 import comfy.model_base
 import comfy.model_management
+import comfy.model_patcher
 import comfy.model_sampling
 import comfy.sampler_helpers
 import comfy.samplers
@@ -89,7 +90,8 @@ class ComfyBackend(DiffusionBackend):
     """SDXL or FLUX from a ComfyUI MODEL (ModelPatcher) with its CLIP and VAE (either may be None)."""
 
     def __init__(self, model, clip=None, vae=None):
-        self.model, self.clip, self.vae = model, clip, vae
+        # Our own clone: temporary patches (feature capture) never reach the caller's MODEL.
+        self.model, self.clip, self.vae = model.clone(), clip, vae
         self.family = model_family(model)
         self.text_encoder_keys = ("clip_l", "clip_g") if self.family == "sdxl" else ("clip_l", "t5")
         self.schedule = ComfySchedule(model.get_model_object("model_sampling"))
@@ -174,6 +176,33 @@ class ComfyBackend(DiffusionBackend):
         finally:
             self.model.cleanup()
             self._processed = {}
+
+    @contextlib.contextmanager
+    def capture_features(self, point: str, cond_index: int, n_conds: int):
+        """The mid-block input (= the last input block's output) through ComfyUI's input-block patch.
+
+        ComfyUI may order the conditionings of a batch as it likes; `cond_or_uncond` says how.
+        """
+        if self.family != "sdxl" or point != "mid_block":
+            raise ValueError(f"feature capture in ComfyUI supports SDXL's 'mid_block', not {self.family} {point!r}")
+        store: dict = {}
+        last = len(self.denoiser.input_blocks) - 1
+
+        def patch(h, transformer_options):
+            order = transformer_options.get("cond_or_uncond", [])
+            if transformer_options.get("block") == ("input", last) and cond_index in order:
+                size = h.shape[0] // len(order)
+                k = order.index(cond_index)
+                store["features"] = h[k * size:(k + 1) * size].detach().float().cpu().clone()
+            return h
+
+        saved = self.model.model_options
+        self.model.model_options = comfy.model_patcher.create_model_options_clone(saved)
+        self.model.set_model_input_block_patch(patch)
+        try:
+            yield store
+        finally:
+            self.model.model_options = saved
 
     @contextlib.contextmanager
     def trainable(self):

@@ -95,3 +95,13 @@ def test_flux_prediction_parity(comfy_nodes, sigma):
         with theirs.session():
             got = theirs.predict(x, torch.tensor(sigma), [cond])
     assert (expected - got).abs().max() <= PARITY_TOLERANCE
+
+
+def test_feature_capture_matches_between_backends(diffusers_sdxl, comfy_backend):
+    from protagonist.core.proposals import ProposalSettings, generate_proposals
+
+    settings = ProposalSettings(count=2, seed=4, steps=3, cfg=4.0, height=32, width=32, batch_size=2)
+    ours = generate_proposals(diffusers_sdxl, "a photo of a blob", "", settings, feature_point="mid_block")
+    theirs = generate_proposals(comfy_backend, "a photo of a blob", "", settings, feature_point="mid_block")
+    assert ours.features.shape == theirs.features.shape == (2, 64, 4, 4)
+    assert (ours.features - theirs.features).abs().max() <= 1e-3
