@@ -111,10 +111,14 @@ class ComfyBackend(DiffusionBackend):
 
     def encode_prompts(self, prompts, tokens=None, word=None, image_size=None) -> Conditioning:
         encoded = [self._encode_one(p, tokens or [], word) for p in prompts]
-        height, width = image_size or (1024, 1024)
+        # Without a size, ComfyUI's own defaults apply, as for its CLIPTextEncode.
+        sizes = {}
+        if image_size is not None:
+            height, width = image_size
+            sizes = {"width": width, "height": height, "target_width": width, "target_height": height}
         return Conditioning(
             embeds=torch.cat([e[0] for e in encoded]), pooled=torch.cat([e[1] for e in encoded]),
-            extras={"comfy": {"width": width, "height": height, "target_width": width, "target_height": height}},
+            extras={"comfy": sizes},
             word_positions=[e[2] for e in encoded] if word is not None else None,
         )
 

@@ -10,6 +10,8 @@ from .comfy_backend import ComfyBackend
 from .convert import images_to_comfy
 from .progress import SamplingProgress
 
+Features = io.Custom("PROTAGONIST_FEATURES")
+
 
 class ProposalSampler(io.ComfyNode):
     @classmethod
@@ -39,7 +41,8 @@ class ProposalSampler(io.ComfyNode):
                 io.Int.Input("batch_size", default=4, min=1, max=64,
                              tooltip="Images sampled per pass; lower it if you run out of memory."),
             ],
-            outputs=[io.Image.Output(display_name="images"), io.Latent.Output(display_name="latents")],
+            outputs=[io.Image.Output(display_name="images"), io.Latent.Output(display_name="latents"),
+                     Features.Output(display_name="features")],
         )
 
     @classmethod
@@ -49,7 +52,8 @@ class ProposalSampler(io.ComfyNode):
         settings = ProposalSettings(count=count, seed=seed, steps=steps, cfg=cfg, sampler=sampler,
                                     height=height, width=width, batch_size=batch_size)
         runs = -(-count // batch_size)
+        point = "mid_block" if backend.family == "sdxl" else None  # OneActor's features (SDXL only for now)
         result = generate_proposals(backend, prompt, negative, settings,
-                                    callback=SamplingProgress(model, steps, runs))
+                                    callback=SamplingProgress(model, steps, runs), feature_point=point)
         latent = {"samples": model.model.process_latent_out(result.latents.float()).cpu()}
-        return io.NodeOutput(images_to_comfy(result.images), latent)
+        return io.NodeOutput(images_to_comfy(result.images), latent, result.features)

@@ -28,6 +28,18 @@ class ClusterGuidance:
         return info.index < round(self.cluster_fraction * info.total)
 
 
+def offset_conditionings(base: Conditioning, base_word: str, delta_target: torch.Tensor, delta_aux: torch.Tensor,
+                         settings: ClusterGuidance) -> tuple[Conditioning, Conditioning]:
+    """(prompt with v·Δc_tar, prompt with Δc̄_aux) from `base` encoded with `word=base_word`."""
+    target = apply_word_offset(base, WordOffset(base_word, delta_target, settings.semantic_scale))
+    return target, apply_word_offset(base, WordOffset(base_word, delta_aux))
+
+
+def terms_at(settings: ClusterGuidance, info: StepInfo) -> int:
+    """How many conditionings the rule uses at this step: [empty, target] or [empty, target, aux]."""
+    return 3 if settings.in_cluster_phase(info) and settings.eta_aux != 0 else 2
+
+
 def cluster_guided_terms(backend: DiffusionBackend, prompts: list[str], negative: str, base_word: str,
                          delta_target: torch.Tensor, delta_aux: torch.Tensor, settings: ClusterGuidance,
                          image_size: tuple[int, int]):
@@ -35,21 +47,23 @@ def cluster_guided_terms(backend: DiffusionBackend, prompts: list[str], negative
     with torch.no_grad():
         empty = backend.encode_prompts([negative], image_size=image_size)
         base = backend.encode_prompts(prompts, word=base_word, image_size=image_size)
-    target = apply_word_offset(base, WordOffset(base_word, delta_target, settings.semantic_scale))
-    aux = apply_word_offset(base, WordOffset(base_word, delta_aux))
-    use_aux = settings.eta_aux != 0
+    target, aux = offset_conditionings(base, base_word, delta_target, delta_aux, settings)
 
     def conds(info: StepInfo) -> list[Conditioning]:
-        if settings.in_cluster_phase(info):
-            return [empty, target, aux] if use_aux else [empty, target]
-        return [empty, target]
+        return [empty, target, aux][:terms_at(settings, info)]
+
+    return conds, cluster_guidance(settings)
+
+
+def cluster_guidance(settings: ClusterGuidance):
+    """The combination rule over predictions ordered [empty, target(, aux)]."""
 
     def guidance(preds: torch.Tensor, info: StepInfo) -> torch.Tensor:
         if not settings.in_cluster_phase(info):
             return preds[0] + settings.cfg * (preds[1] - preds[0])
         out = preds[0] + settings.eta_target * (preds[1] - preds[0])
-        if use_aux:
+        if preds.shape[0] > 2:
             out = out - settings.eta_aux * (preds[2] - preds[0])
         return out
 
-    return conds, guidance
+    return guidance

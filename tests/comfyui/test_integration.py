@@ -11,7 +11,9 @@ from .helpers import pack_module, run_prompt, tiny_loader_node
 
 PARITY_TOLERANCE = 1e-4
 OUR_NODES = {"Protagonist_ProposalSampler", "Protagonist_DINOv2Embed", "Protagonist_KMeansCohesiveCluster",
-             "Protagonist_LoraTITrainer", "Protagonist_ChosenOneLoop"}
+             "Protagonist_LoraTITrainer", "Protagonist_ChosenOneLoop", "Protagonist_OneActorProjectorTrainer",
+             "Protagonist_ClusterGuidedSampler", "Protagonist_OneActorSampler", "Protagonist_SaveOneActorIdentity",
+             "Protagonist_LoadOneActorIdentity"}
 
 
 def test_every_node_registers(comfy_nodes):

@@ -1,0 +1,83 @@
+"""OneActor inside real ComfyUI: the GUIDER in SamplerCustomAdvanced equals the core sampler."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from protagonist.core.oneactor.guidance import ClusterGuidance, cluster_guided_terms
+from protagonist.core.oneactor.identity import make_identity, save_identity
+from protagonist.core.oneactor.tuning import new_projector
+from protagonist.core.sampling import sample, seeded_noise
+
+from .helpers import run_prompt, tiny_loader_node
+
+CAPTURED: list = []
+
+
+def _test_nodes():
+    from comfy_api.v0_0_2 import io
+
+    class ZeroLatent(io.ComfyNode):
+        @classmethod
+        def define_schema(cls):
+            return io.Schema(node_id="ProtagonistTest_ZeroLatent", category="testing", inputs=[],
+                             outputs=[io.Latent.Output()])
+
+        @classmethod
+        def execute(cls):
+            return io.NodeOutput({"samples": torch.zeros(1, 4, 8, 8)})
+
+    class Capture(io.ComfyNode):
+        @classmethod
+        def define_schema(cls):
+            return io.Schema(node_id="ProtagonistTest_Capture", category="testing", is_output_node=True,
+                             inputs=[io.Latent.Input("latent")], outputs=[])
+
+        @classmethod
+        def execute(cls, latent):
+            CAPTURED.append(latent["samples"].clone())
+            return io.NodeOutput()
+
+    return ZeroLatent, Capture
+
+
+def test_guider_equals_the_core_sampler(comfy_nodes, comfy_sdxl, comfy_backend):
+    import folder_paths
+
+    features = torch.randn(3, 64, 4, 4, generator=torch.Generator().manual_seed(0))
+    identity = make_identity(new_projector(comfy_backend, features, 0), features, "blob", "sdxl")
+    save_identity(identity, Path(folder_paths.get_folder_paths("protagonist")[0]) / "guider_test.safetensors")
+    settings = ClusterGuidance(eta_target=6.0, eta_aux=1.5, semantic_scale=0.8, cluster_fraction=0.5, cfg=4.0)
+    prompt_text, seed, steps = "a photo of a blob on the beach", 21, 6
+
+    conds, guidance = cluster_guided_terms(comfy_backend, [prompt_text], "", "blob", identity.delta_target,
+                                           identity.delta_aux, settings, None)
+    core = sample(comfy_backend, conds, seeded_noise([seed], (1, 4, 8, 8)), steps, guidance, "euler")
+    expected = comfy_backend.model.model.process_latent_out(core)
+
+    zero, capture = _test_nodes()
+    comfy_nodes.NODE_CLASS_MAPPINGS.update({"ProtagonistTest_TinyModels": tiny_loader_node(comfy_sdxl),
+                                            "ProtagonistTest_ZeroLatent": zero, "ProtagonistTest_Capture": capture})
+    comfy_nodes.NODE_CLASS_MAPPINGS["Protagonist_LoadOneActorIdentity"].GET_SCHEMA()
+    prompt = {
+        "1": {"class_type": "ProtagonistTest_TinyModels", "inputs": {}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": ""}},
+        "3": {"class_type": "Protagonist_LoadOneActorIdentity", "inputs": {"file": "guider_test.safetensors"}},
+        "4": {"class_type": "Protagonist_ClusterGuidedSampler", "inputs": {
+            "model": ["1", 0], "clip": ["1", 1], "identity": ["3", 0], "prompt": prompt_text, "negative": ["2", 0],
+            "eta_target": 6.0, "eta_aux": 1.5, "semantic_scale": 0.8, "cluster_fraction": 0.5, "cfg": 4.0}},
+        "5": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+        "6": {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "normal", "steps": steps,
+                                                         "denoise": 1.0}},
+        "7": {"class_type": "RandomNoise", "inputs": {"noise_seed": seed}},
+        "8": {"class_type": "ProtagonistTest_ZeroLatent", "inputs": {}},
+        "9": {"class_type": "SamplerCustomAdvanced", "inputs": {
+            "noise": ["7", 0], "guider": ["4", 0], "sampler": ["5", 0], "sigmas": ["6", 0], "latent_image": ["8", 0]}},
+        "10": {"class_type": "ProtagonistTest_Capture", "inputs": {"latent": ["9", 0]}},
+    }
+    CAPTURED.clear()
+    run_prompt(prompt)
+    assert len(CAPTURED) == 1
+    assert (CAPTURED[0] - expected).abs().max() <= 1e-3
