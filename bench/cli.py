@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -13,6 +13,7 @@ import torch
 from ..cli import load_model
 from .harness import PlainSampling, SamplingSettings, read_characters, run_method
 from .methods.chosen_one import ChosenOneMethod
+from .methods.oneactor import OneActorMethod, OneActorRecipe
 from .report import markdown_table, table_row, write_contact_sheet
 from .scoring import score
 
@@ -22,6 +23,9 @@ METHODS = {
     "plain": lambda embedder, out: PlainSampling(),
     "chosen-one-paper": lambda embedder, out: ChosenOneMethod("paper", embedder, out / "runs"),
     "chosen-one-fast": lambda embedder, out: ChosenOneMethod("fast", embedder, out / "runs"),
+    "oneactor": lambda embedder, out: OneActorMethod(),
+    "oneactor-no-aux": lambda embedder, out: OneActorMethod(
+        "oneactor-no-aux", recipe=OneActorRecipe(guidance=replace(OneActorRecipe().guidance, eta_aux=0.0))),
 }
 
 

@@ -1,0 +1,48 @@
+"""OneActor in the benchmark: tune the projector on one proposal of the subject, then cluster-guided sampling."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from ...core.oneactor.guidance import ClusterGuidance, cluster_guided_terms
+from ...core.oneactor.identity import OneActorIdentity, make_identity
+from ...core.oneactor.tuning import OneActorTuning, ProposalSet, tune_projector
+from ...core.proposals import ProposalSettings, generate_proposals
+from ...core.sampling import sample, seeded_noise
+
+
+@dataclass
+class OneActorRecipe:
+    proposals: int = 11  # 1 target + 10 auxiliaries
+    proposal_steps: int = 30
+    proposal_cfg: float = 5.0
+    tuning: OneActorTuning = field(default_factory=lambda: OneActorTuning(templates=("a {}",)))
+    guidance: ClusterGuidance = field(default_factory=lambda: ClusterGuidance(cfg=5.0))
+    target: int = 0
+
+
+class OneActorMethod:
+    def __init__(self, name: str = "oneactor", base_word: str = "blob", recipe: OneActorRecipe | None = None):
+        self.name, self.base_word, self.recipe = name, base_word, recipe or OneActorRecipe()
+
+    def prepare(self, backend, character, seed) -> OneActorIdentity:
+        r = self.recipe
+        size = (32, 32)
+        settings = ProposalSettings(count=r.proposals, seed=seed, steps=r.proposal_steps, cfg=r.proposal_cfg,
+                                    height=size[0], width=size[1], batch_size=r.proposals)
+        proposals = generate_proposals(backend, character.subject, "", settings, feature_point="mid_block")
+        data = ProposalSet.from_proposals(proposals, r.target, size)
+        tuned = tune_projector(backend, data, self.base_word, replace(r.tuning, seed=seed))
+        return make_identity(tuned.projector, data.features, self.base_word, backend.family)
+
+    def generate(self, backend, identity: OneActorIdentity, prompts, seeds, settings):
+        guidance_settings = replace(self.recipe.guidance, cfg=settings.cfg)
+        conds, guidance = cluster_guided_terms(backend, prompts, settings.negative, identity.base_word,
+                                               identity.delta_target, identity.delta_aux, guidance_settings,
+                                               settings.size)
+        noise = seeded_noise(seeds, backend.latent_shape(len(seeds), *settings.size))
+        latents = sample(backend, conds, noise, settings.steps, guidance, settings.sampler)
+        with torch.no_grad():
+            return backend.decode_latents(latents)
