@@ -7,10 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
-EMBEDDED_MODELS = ("tiny-sdxl", "tiny-flux")
+EMBEDDED_MODELS = ("sprite-sdxl", "sprite-flux", "tiny-sdxl", "tiny-flux")
 NOT_YET = {
-    "chosen-one": "The Chosen One (issue 4)",
-    "oneactor": "OneActor (issue 5)",
     "dsd": "Diffusion Self-Distillation (issue 6)",
 }
 
@@ -20,10 +18,13 @@ def load_model(name: str, device: str):
     from .core import tiny_models
     from .core.backends.loading import load_backend
 
-    if name == "tiny-sdxl":
-        return tiny_models.tiny_sdxl(0).to(device=device)
-    if name == "tiny-flux":
-        return tiny_models.tiny_flux(0).to(device=device)
+    if name in ("sprite-sdxl", "sprite-flux"):
+        from .sprites.models import load_sprite_model
+
+        return load_sprite_model(name.split("-")[1], device)
+    if name in ("tiny-sdxl", "tiny-flux"):
+        backend = tiny_models.tiny_sdxl(0) if name == "tiny-sdxl" else tiny_models.tiny_flux(0)
+        return backend if device == "cpu" else backend.to(device=device)
     return load_backend(name, device=device)
 
 
@@ -43,6 +44,115 @@ def run_sample(args) -> int:
                      out / "contact_sheet.png")
     logging.info("wrote %d images and %s", len(result.seeds), sheet)
     return 0
+
+
+def load_embedder(source: str, device: str):
+    """`sprite` for the sprite world's stand-in, else a DINOv2 folder or hub id."""
+    from .core.embedding import load_dinov2
+
+    if source == "sprite":
+        from .sprites.embedder import load_embedder as load_sprite_embedder
+
+        return load_sprite_embedder(device=device)
+    return load_dinov2(source, device)
+
+
+def run_chosen_one(args) -> int:
+    """The Chosen One loop; writes the run directory, the identity and ComfyUI-loadable exports."""
+    from .core.chosen_one.identity_file import export_for_comfyui, save_identity
+    from .core.chosen_one.loop import load_round_images, run_chosen_one as loop
+    from .core.chosen_one.presets import preset
+    from .core.embedding import embed_images
+    from .core.images import contact_sheet, save_png
+
+    backend = load_model(args.model, args.device)
+    embedder = load_embedder(args.dinov2, args.device)
+    settings = preset(args.preset, args.prompt, args.init_word, args.identity_prompt, size=(args.size, args.size),
+                      seed=args.seed, token_name=f"<{args.name}>")
+    out = Path(args.out)
+    result = loop(backend, settings, lambda images: embed_images(embedder, images), out / "run")
+    if result.identity is None:
+        logging.error("no identity was learned (see %s)", out / "run")
+        return 1
+    save_identity(result.identity, out / f"{args.name}.identity.safetensors", backend.family, args.init_word)
+    export_for_comfyui(result.identity, out / f"{args.name}_lora.safetensors", out / f"{args.name}.safetensors",
+                       overwrite=True)
+    last = len(result.rounds) - 1
+    save_png(contact_sheet(load_round_images(out / "run", last), scale=args.sheet_scale), out / "last_round.png")
+    logging.info("%s after %d rounds; prompt with %r", "converged" if result.converged else "stopped",
+                 len(result.rounds), settings.identity_prompt.format(settings.token_name))
+    return 0
+
+
+def run_oneactor_tune(args) -> int:
+    """OneActor tuning: proposals of the prompt (with features), projector tuned on the chosen target."""
+    from .core.images import contact_sheet, save_png
+    from .core.oneactor.identity import make_identity, save_identity
+    from .core.oneactor.tuning import OneActorTuning, ProposalSet, tune_projector
+    from .core.proposals import ProposalSettings, generate_proposals
+
+    backend = load_model(args.model, args.device)
+    size = (args.size, args.size)
+    settings = ProposalSettings(count=args.proposals, seed=args.seed, steps=args.steps, cfg=args.cfg,
+                                height=size[0], width=size[1], batch_size=args.proposals)
+    proposals = generate_proposals(backend, args.prompt, "", settings, feature_point="mid_block")
+    out = Path(args.out)
+    save_png(contact_sheet(proposals.images, labels=[str(i) for i in range(args.proposals)], scale=args.sheet_scale),
+             out / "proposals.png")
+    data = ProposalSet.from_proposals(proposals, args.target, size)
+    tuned = tune_projector(backend, data, args.base_word, OneActorTuning(steps=args.tune_steps, seed=args.seed))
+    identity = make_identity(tuned.projector, data.features, args.base_word, backend.family)
+    path = save_identity(identity, out / "identity.safetensors")
+    logging.info("tuned on proposal %d (see %s); identity %s", args.target, out / "proposals.png", path)
+    return 0
+
+
+def run_oneactor_sample(args) -> int:
+    """Cluster-guided sampling of prompts with a saved OneActor identity."""
+    from .core.images import contact_sheet, save_png
+    from .core.oneactor.guidance import ClusterGuidance, cluster_guided_terms
+    from .core.oneactor.identity import load_identity
+    from .core.sampling import sample, seeded_noise
+
+    backend = load_model(args.model, args.device)
+    identity = load_identity(args.identity, backend)
+    size = (args.size, args.size)
+    settings = ClusterGuidance(args.eta_target, args.eta_aux, args.semantic_scale, args.cluster_fraction, args.cfg)
+    conds, guidance = cluster_guided_terms(backend, args.prompt, "", identity.base_word, identity.delta_target,
+                                           identity.delta_aux, settings, size)
+    noise = seeded_noise([args.seed + i for i in range(len(args.prompt))], backend.latent_shape(len(args.prompt), *size))
+    images = backend.decode_latents(sample(backend, conds, noise, args.steps, guidance))
+    save_png(contact_sheet(images, labels=args.prompt, scale=args.sheet_scale), Path(args.out) / "samples.png")
+    return 0
+
+
+def add_oneactor(commands) -> None:
+    oneactor = commands.add_parser("oneactor", help="OneActor: tune a projector on one proposal, then sample")
+    steps = oneactor.add_subparsers(dest="step", required=True)
+    tune = steps.add_parser("tune", help="proposals of a prompt and projector tuning on the chosen one")
+    sample = steps.add_parser("sample", help="cluster-guided sampling with a tuned identity")
+    for parser in (tune, sample):
+        parser.add_argument("--model", default="sprite-sdxl", help=f"embedded {EMBEDDED_MODELS}, hub id or folder")
+        parser.add_argument("--size", type=int, default=32)
+        parser.add_argument("--steps", type=int, default=30)
+        parser.add_argument("--cfg", type=float, default=5.0)
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--device", default="cpu")
+        parser.add_argument("--sheet-scale", type=int, default=4)
+        parser.add_argument("--out", default="out/oneactor")
+    tune.add_argument("--prompt", default="a red blob")
+    tune.add_argument("--base-word", default="blob")
+    tune.add_argument("--proposals", type=int, default=11, help="the target and its auxiliaries")
+    tune.add_argument("--target", type=int, default=0, help="index of the proposal to keep (see proposals.png)")
+    tune.add_argument("--tune-steps", type=int, default=200)
+    tune.set_defaults(run=run_oneactor_tune)
+    sample.add_argument("--identity", required=True, help="identity.safetensors from `oneactor tune`")
+    sample.add_argument("--prompt", nargs="+", default=["a blob on a beach, on the left"])
+    sample.add_argument("--eta-target", type=float, default=8.0)
+    sample.add_argument("--eta-aux", type=float, default=1.0)
+    sample.add_argument("--semantic-scale", type=float, default=0.8)
+    sample.add_argument("--cluster-fraction", type=float, default=20 / 30)
+    sample.set_defaults(run=run_oneactor_sample)
 
 
 def not_yet(name: str):
@@ -72,6 +182,22 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--sheet-scale", type=int, default=4, help="pixel zoom of the contact sheet")
     sample.add_argument("--out", default="out/sample")
     sample.set_defaults(run=run_sample)
+    chosen = commands.add_parser("chosen-one", help="The Chosen One: learn a consistent character from a prompt")
+    chosen.add_argument("--model", default="sprite-sdxl",
+                        help=f"embedded {EMBEDDED_MODELS}, a hub id, a diffusers folder or a .safetensors file")
+    chosen.add_argument("--prompt", default="a red blob")
+    chosen.add_argument("--init-word", default="blob", help="a one-token word the new token starts from")
+    chosen.add_argument("--identity-prompt", default="a {}", help='how later rounds prompt; "{}" is the token')
+    chosen.add_argument("--name", default="protagonist", help="the token and file names")
+    chosen.add_argument("--preset", default="fast", choices=["paper", "fast"])
+    chosen.add_argument("--dinov2", default="sprite", help="'sprite', a DINOv2 folder or a hub id")
+    chosen.add_argument("--size", type=int, default=32)
+    chosen.add_argument("--seed", type=int, default=0)
+    chosen.add_argument("--device", default="cpu")
+    chosen.add_argument("--sheet-scale", type=int, default=4)
+    chosen.add_argument("--out", default="out/chosen-one")
+    chosen.set_defaults(run=run_chosen_one)
+    add_oneactor(commands)
     for name in NOT_YET:
         stub = commands.add_parser(name, help=f"{NOT_YET[name]} — not implemented yet")
         stub.set_defaults(run=not_yet(name))

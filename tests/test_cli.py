@@ -20,7 +20,7 @@ def test_help_lists_every_method():
 
 
 def test_sample_writes_seeded_images_and_contact_sheet(tmp_path):
-    args = ["sample", "--count", "3", "--steps", "2", "--seed", "4", "--batch-size", "2", "--out", str(tmp_path)]
+    args = ["sample", "--model", "tiny-sdxl", "--count", "3", "--steps", "2", "--seed", "4", "--batch-size", "2", "--out", str(tmp_path)]
     assert main(args) == 0
     names = sorted(p.name for p in tmp_path.glob("seed*.png"))
     assert names == ["seed000004.png", "seed000005.png", "seed000006.png"]
@@ -30,3 +30,12 @@ def test_sample_writes_seeded_images_and_contact_sheet(tmp_path):
 
 def test_unimplemented_method_says_so_and_fails():
     assert main(["dsd"]) == 2
+
+
+def test_oneactor_tune_then_sample(tmp_path):
+    common = ["--model", "tiny-sdxl", "--steps", "2", "--out", str(tmp_path)]
+    assert main(["oneactor", "tune", *common, "--proposals", "3", "--tune-steps", "2", "--target", "1"]) == 0
+    assert (tmp_path / "identity.safetensors").exists() and (tmp_path / "proposals.png").exists()
+    assert main(["oneactor", "sample", *common, "--identity", str(tmp_path / "identity.safetensors"),
+                 "--prompt", "a blob at night", "a blob in the snow"]) == 0
+    assert Image.open(tmp_path / "samples.png").width >= 2 * 32 * 4
