@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         f"thread(s), beside another training job.\n\n"
         f"Adjusted Rand index of K-MEANS (K=20) on 20 identities × 10 random contexts: **{ari:.3f}** "
         f"(the same network untrained: {baseline:.3f}).\n\n"
-        f"Reproduce: `python -m protagonist.sprites.embedder --steps {args.steps} --seed {args.seed}`\n")
+        f"Reproduce: `python -m protagonist.sprites.embedder --steps {args.steps} --batch {args.batch} --seed {args.seed}`\n")
     log.info("ARI trained %.3f, untrained %.3f; saved %s", ari, baseline, out)
     return 0
 
