@@ -1,0 +1,129 @@
+"""Two-frame training on a pair dataset: LoRA on FLUX's attention + the `c_embedder`, through accelerate.
+
+The clean target is the canvas [reference | target]; the condition is [reference | blank]. The loss
+covers both frames (the left one reconstructs the reference, the right one is the new frame), with
+`right_weight` on the right. Checkpoints go to the run directory; a rerun resumes from the last one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..adapters import LoraAdapter, frozen, frozen_parameters
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..backends.flux import DiffusersFlux
+from ..interface import ProtagonistError
+from .two_frame import condition_tokens, conditioned, new_c_embedder
+
+log = logging.getLogger(__name__)
+FLUX_ATTENTION = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+
+
+@dataclass
+class TwoFrameTraining:
+    steps: int = 1000
+    batch_size: int = 4
+    rank: int = 16
+    alpha: float = 16.0
+    lr: float = 1e-4
+    right_weight: float = 1.0
+    side: int = 512
+    seed: int = 0
+    checkpoint_every: int = 100
+
+
+def read_pairs(folder: str | Path) -> list[dict]:
+    path = Path(folder) / "pairs.jsonl"
+    if not path.exists():
+        raise ProtagonistError(f"{folder} has no pairs.jsonl: mine a pair dataset first (`dsd make-pairs`)")
+    pairs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not pairs:
+        raise ProtagonistError(f"{path} is empty: no pair passed the filter")
+    return pairs
+
+
+def _load(folder: Path, name: str, side: int) -> torch.Tensor:
+    image = Image.open(folder / name).convert("RGB").resize((side, side), Image.BICUBIC)
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+
+
+def _batch(folder: Path, pairs: list[dict], picks: list[int], side: int):
+    references = torch.stack([_load(folder, pairs[i]["reference"], side) for i in picks])
+    targets = torch.stack([_load(folder, pairs[i]["target"], side) for i in picks])
+    return references, torch.cat([references, targets], dim=-1), [pairs[i]["prompt"] for i in picks]
+
+
+def _loss(backend: DiffusersFlux, c_embedder, references, canvas, prompts, settings, generator):
+    with torch.no_grad():
+        latents = backend.encode_images(canvas)
+        cond = backend.encode_prompts(prompts)
+    tokens = condition_tokens(backend, references, settings.side)
+    sigma = backend.schedule.training_sigmas(latents.shape[0], generator).to(latents.device)
+    noise = torch.randn(latents.shape, generator=generator).to(latents)
+    with conditioned(backend.transformer, c_embedder, tokens):
+        output = backend.raw_predict(backend.schedule.add_noise(latents, noise, sigma), sigma, cond)
+    error = (output.float() - backend.schedule.training_target(latents, noise, sigma).float()).pow(2)
+    half = error.shape[-1] // 2
+    return error[..., :half].mean() + settings.right_weight * error[..., half:].mean()
+
+
+def train_two_frame(backend: DiffusersFlux, pair_folder: str | Path, run_dir: str | Path,
+                    settings: TwoFrameTraining, callback=None):
+    """Train (or resume) and return (c_embedder, LoRA state dict, losses)."""
+    from accelerate import Accelerator
+
+    folder, run_dir = Path(pair_folder), Path(run_dir)
+    pairs = read_pairs(folder)
+    accelerator = Accelerator(cpu=backend.device.type == "cpu")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings.seed)
+        c_embedder = new_c_embedder(backend.transformer)
+        adapter = LoraAdapter(backend.transformer, settings.rank, settings.alpha, FLUX_ATTENTION)
+    try:
+        optimizer = torch.optim.AdamW([*adapter.parameters(), *c_embedder.parameters()], lr=settings.lr)
+        lora_holder = _ParameterHolder(adapter)
+        state = load_checkpoint(run_dir, {"c_embedder": c_embedder, "lora": lora_holder}, optimizer)
+        start, losses = (state["step"], state["extra"]["losses"]) if state else (0, [])
+        c_embedder, optimizer = accelerator.prepare(c_embedder, optimizer)
+        frozen_base = [p for n, p in backend.transformer.named_parameters() if "lora_" not in n]
+        with torch.enable_grad(), frozen(*backend.text_encoders.values(), backend.vae), frozen_parameters(frozen_base):
+            for step in range(start, settings.steps):
+                generator = torch.Generator().manual_seed(settings.seed * 100003 + step)
+                picks = torch.randint(0, len(pairs), (settings.batch_size,), generator=generator).tolist()
+                loss = _loss(backend, c_embedder, *_batch(folder, pairs, picks, settings.side), settings, generator)
+                if not math.isfinite(loss.item()):
+                    raise ProtagonistError(f"the loss became NaN at step {step}; the last checkpoint is kept")
+                optimizer.zero_grad()
+                accelerator.backward(loss)
+                optimizer.step()
+                losses.append(round(loss.item(), 5))
+                if (step + 1) % settings.checkpoint_every == 0 or step + 1 == settings.steps:
+                    save_checkpoint(run_dir, step + 1, {"c_embedder": accelerator.unwrap_model(c_embedder),
+                                                        "lora": lora_holder}, optimizer, extra={"losses": losses})
+                if callback is not None:
+                    callback(step, loss.item())
+        return accelerator.unwrap_model(c_embedder), adapter.state_dict(), losses
+    finally:
+        adapter.remove()
+
+
+class _ParameterHolder(torch.nn.Module):
+    """Exposes just the adapter's weights as a module state dict, so checkpoints hold LoRA only."""
+
+    def __init__(self, adapter: LoraAdapter):
+        super().__init__()
+        self.adapter = adapter
+
+    def state_dict(self, *args, **kwargs):
+        return self.adapter.state_dict()
+
+    def load_state_dict(self, state, strict: bool = True):
+        self.adapter.load_state_dict(state)
