@@ -1,0 +1,81 @@
+"""Extract from the released DSD weights only what FLUX.1-dev lacks: c_embedder, LoRA, any changed tensor.
+
+The released DSD transformer is a full 24 GB FLUX copy; users already have FLUX.1-dev. The converter
+streams both, tensor by tensor, and writes one small safetensors file with `c_embedder.*`,
+`lora.*` (from the released LoRA file, if given) and `diff.*` (DSD − FLUX for tensors that differ).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from ..checkpoint import atomic_save_tensors
+from ..interface import ProtagonistError
+
+FORMAT = "protagonist.dsd.converted/1"
+
+
+def _tensor_files(source: str | Path) -> list[Path]:
+    source = Path(source)
+    files = [source] if source.is_file() else sorted(source.glob("*.safetensors"))
+    if not files:
+        raise ProtagonistError(f"no .safetensors files at {source}: point at the DSD transformer folder or file")
+    return files
+
+
+def _index(files: list[Path]) -> dict[str, Path]:
+    index = {}
+    for path in files:
+        with safe_open(str(path), framework="pt") as f:
+            index.update({key: path for key in f.keys()})
+    return index
+
+
+def _read(path: Path, key: str) -> torch.Tensor:
+    with safe_open(str(path), framework="pt") as f:
+        return f.get_tensor(key)
+
+
+def convert_dsd(dsd_transformer: str | Path, base_transformer: str | Path, out: str | Path,
+                lora: str | Path | None = None, tolerance: float = 0.0) -> dict:
+    """Write the small file; returns counts of what it holds."""
+    dsd, base = _index(_tensor_files(dsd_transformer)), _index(_tensor_files(base_transformer))
+    extra = sorted(set(dsd) - set(base))
+    if not any(k.startswith("c_embedder.") for k in extra):
+        raise ProtagonistError(f"{dsd_transformer} has no c_embedder: it is not a DSD transformer")
+    tensors = {k: _read(dsd[k], k) for k in extra}
+    changed = 0
+    for key in sorted(set(dsd) & set(base)):
+        ours, theirs = _read(dsd[key], key), _read(base[key], key)
+        if ours.shape != theirs.shape:
+            raise ProtagonistError(f"{key} is {tuple(ours.shape)} in DSD but {tuple(theirs.shape)} in the base: "
+                                   f"the base is not FLUX.1-dev")
+        difference = ours.float() - theirs.float()
+        if difference.abs().max() > tolerance:
+            tensors[f"diff.{key}"] = difference.to(ours.dtype)
+            changed += 1
+    if lora is not None:
+        tensors.update({f"lora.{k}": v for path in _tensor_files(lora) for k, v in _load_all(path).items()})
+    atomic_save_tensors(tensors, Path(out), {"format": FORMAT})
+    return {"added": len(extra), "changed": changed, "lora": sum(k.startswith("lora.") for k in tensors)}
+
+
+def _load_all(path: Path) -> dict[str, torch.Tensor]:
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
+def load_converted(path: str | Path) -> dict[str, dict[str, torch.Tensor]]:
+    """{"c_embedder": …, "lora": …, "diff": …} from a converted file (refuses any other file)."""
+    with safe_open(str(path), framework="pt") as f:
+        if (f.metadata() or {}).get("format") != FORMAT:
+            raise ProtagonistError(f"{path} is not a converted DSD file; make one with `dsd convert`")
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    parts = {"c_embedder": {}, "lora": {}, "diff": {}}
+    for key, value in tensors.items():
+        head, _, rest = key.partition(".")
+        parts[head if head in parts else "c_embedder"][rest if head in parts else key] = value
+    return parts

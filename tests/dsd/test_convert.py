@@ -1,0 +1,36 @@
+"""The DSD converter round trip on tiny FLUX transformers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from protagonist.core.dsd.convert import convert_dsd, load_converted
+from protagonist.core.interface import ProtagonistError
+
+
+def test_round_trip_keeps_only_what_the_base_lacks(tmp_path):
+    base = {"x_embedder.weight": torch.randn(8, 4), "blocks.0.w": torch.randn(3, 3), "blocks.1.w": torch.randn(2)}
+    dsd = {k: v.clone() for k, v in base.items()}
+    dsd["blocks.1.w"] += 0.5
+    dsd["c_embedder.weight"], dsd["c_embedder.bias"] = torch.zeros(8, 4), torch.zeros(8)
+    save_file(base, str(tmp_path / "base.safetensors"))
+    (tmp_path / "dsd").mkdir()
+    save_file(dsd, str(tmp_path / "dsd" / "model.safetensors"))
+    save_file({"transformer.blocks.0.lora_A.weight": torch.ones(2, 3)}, str(tmp_path / "lora.safetensors"))
+    counts = convert_dsd(tmp_path / "dsd", tmp_path / "base.safetensors", tmp_path / "small.safetensors",
+                         lora=tmp_path / "lora.safetensors")
+    assert counts == {"added": 2, "changed": 1, "lora": 1}
+    parts = load_converted(tmp_path / "small.safetensors")
+    assert set(parts["c_embedder"]) == {"c_embedder.weight", "c_embedder.bias"}
+    assert torch.allclose(base["blocks.1.w"] + parts["diff"]["blocks.1.w"], dsd["blocks.1.w"])
+    assert set(parts["lora"]) == {"transformer.blocks.0.lora_A.weight"}
+
+
+def test_wrong_inputs_are_named(tmp_path):
+    save_file({"a": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(ProtagonistError, match="no c_embedder"):
+        convert_dsd(tmp_path / "plain.safetensors", tmp_path / "plain.safetensors", tmp_path / "o.safetensors")
+    with pytest.raises(ProtagonistError, match="not a converted DSD file"):
+        load_converted(tmp_path / "plain.safetensors")
