@@ -77,5 +77,7 @@ def load_converted(path: str | Path) -> dict[str, dict[str, torch.Tensor]]:
     parts = {"c_embedder": {}, "lora": {}, "diff": {}}
     for key, value in tensors.items():
         head, _, rest = key.partition(".")
-        parts[head if head in parts else "c_embedder"][rest if head in parts else key] = value
+        if head not in parts:
+            raise ProtagonistError(f"{path} holds an unexpected tensor {key!r}")
+        parts[head][rest] = value
     return parts
