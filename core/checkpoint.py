@@ -22,8 +22,19 @@ def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    save_file(_unshared(tensors), str(tmp), metadata=metadata)
     os.replace(tmp, path)
+
+
+def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CPU copies where tensors share storage (tied weights such as T5's embeddings), which safetensors refuses."""
+    seen, out = set(), {}
+    for key, value in tensors.items():
+        value = value.detach().contiguous().cpu()
+        pointer = value.untyped_storage().data_ptr()
+        out[key] = value.clone() if pointer in seen else value
+        seen.add(pointer)
+    return out
 
 
 def atomic_write_json(value, path: Path) -> None:

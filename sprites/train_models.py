@@ -27,6 +27,16 @@ from .world import render, render_grid
 log = logging.getLogger(__name__)
 
 
+class Clock:
+    """Training seconds, carried across resumes."""
+
+    def __init__(self, before: float):
+        self.before, self.start = before, time.time()
+
+    def seconds(self) -> float:
+        return self.before + time.time() - self.start
+
+
 def sprite_batch(rng: np.random.Generator, n: int, grids: bool) -> tuple[torch.Tensor, list[str]]:
     images, captions = [], []
     for _ in range(n):
@@ -42,26 +52,31 @@ def sprite_batch(rng: np.random.Generator, n: int, grids: bool) -> tuple[torch.T
     return torch.stack(images), captions
 
 
-def train_vae(vae, steps: int, batch: int, run_dir: Path, seed: int, lr: float = 1e-3) -> list[float]:
-    """Reconstruction + a light KL, on single sprites."""
+def train_vae(vae, steps: int, batch: int, run_dir: Path, seed: int, lr: float = 1e-3) -> tuple[list[float], float]:
+    """Reconstruction (L1 + L2, which keeps the 1–2 px patterns sharper than L2 alone) + a light KL."""
     optimizer = torch.optim.AdamW(vae.parameters(), lr=lr)
     state = load_checkpoint(run_dir, {"vae": vae}, optimizer) or {"step": 0, "extra": {"losses": []}}
-    losses = state["extra"]["losses"]
+    losses, clock = state["extra"]["losses"], Clock(state["extra"].get("seconds", 0.0))
     vae.train()
     for step in range(state["step"], steps):
         images, _ = sprite_batch(np.random.default_rng(seed * 100003 + step), batch, grids=False)
+        for group in optimizer.param_groups:
+            group["lr"] = lr * 0.5 * (1 + np.cos(np.pi * step / steps))
         posterior = vae.encode(images * 2 - 1).latent_dist
         recon = vae.decode(posterior.sample()).sample
-        loss = torch.nn.functional.mse_loss(recon, images * 2 - 1) + 1e-6 * posterior.kl().mean()
+        target = images * 2 - 1
+        loss = (torch.nn.functional.mse_loss(recon, target) + torch.nn.functional.l1_loss(recon, target)
+                + 1e-6 * posterior.kl().mean())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(round(loss.item(), 5))
         if (step + 1) % 100 == 0 or step + 1 == steps:
-            save_checkpoint(run_dir, step + 1, {"vae": vae}, optimizer, extra={"losses": losses})
+            save_checkpoint(run_dir, step + 1, {"vae": vae}, optimizer,
+                            extra={"losses": losses, "seconds": clock.seconds()})
             log.info("vae step %d/%d loss %.4f", step + 1, steps, np.mean(losses[-100:]))
     vae.eval()
-    return losses
+    return losses, clock.seconds()
 
 
 @torch.no_grad()
@@ -101,13 +116,13 @@ def denoiser_loss(backend, images, captions, generator, drop_rate: float = 0.1) 
 
 
 def train_denoiser(backend, steps: int, batch: int, run_dir: Path, seed: int, grid_every: int = 0,
-                   lr: float = 4e-4) -> list[float]:
+                   lr: float = 4e-4) -> tuple[list[float], float]:
     """Denoiser + text encoders; every `grid_every`-th step is a batch of 2×2 grids (0 = never)."""
     modules = {"denoiser": backend.denoiser, **backend.text_encoders}
     params = [p for m in modules.values() for p in m.parameters()]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     state = load_checkpoint(run_dir, modules, optimizer) or {"step": 0, "extra": {"losses": []}}
-    losses = state["extra"]["losses"]
+    losses, clock = state["extra"]["losses"], Clock(state["extra"].get("seconds", 0.0))
     for module in modules.values():
         module.train()
     for step in range(state["step"], steps):
@@ -123,11 +138,11 @@ def train_denoiser(backend, steps: int, batch: int, run_dir: Path, seed: int, gr
         optimizer.step()
         losses.append(round(loss.item(), 5))
         if (step + 1) % 200 == 0 or step + 1 == steps:
-            save_checkpoint(run_dir, step + 1, modules, optimizer, extra={"losses": losses})
+            save_checkpoint(run_dir, step + 1, modules, optimizer, extra={"losses": losses, "seconds": clock.seconds()})
             log.info("denoiser step %d/%d loss %.4f", step + 1, steps, np.mean(losses[-200:]))
     for module in modules.values():
         module.eval()
-    return losses
+    return losses, clock.seconds()
 
 
 def save_pipeline(family: str, parts: dict, folder: Path) -> int:
@@ -158,9 +173,11 @@ def write_card(folder: Path, family: str, args, vae_losses, losses, stats: dict,
         "", f"* seed {args.seed}; VAE {args.vae_steps} steps × {args.batch}; denoiser {args.steps} steps × {args.batch}",
         f"* final VAE loss {np.mean(vae_losses[-100:]):.4f}; final denoiser loss {np.mean(losses[-200:]):.4f}",
         f"* latent statistics before standardisation: {stats}",
-        f"* training time: VAE {seconds['vae']:.0f} s, denoiser {seconds['denoiser']:.0f} s on {torch.get_num_threads()} CPU threads",
+        f"* training time: VAE {seconds['vae']:.0f} s, denoiser {seconds['denoiser']:.0f} s on "
+        f"{torch.get_num_threads()} CPU threads (wall time, with other jobs sharing the 2 cores at times)",
         f"* weights: {size / 1e6:.1f} MB (float16 safetensors)",
-        "", f"Reproduce: `python -m protagonist.sprites.train_models {family} --steps {args.steps} --seed {args.seed}`",
+        "", f"Reproduce: `python -m protagonist.sprites.train_models {family} --steps {args.steps} "
+            f"--vae-steps {args.vae_steps} --seed {args.seed}`",
     ]
     (folder / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
 
@@ -169,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("family", choices=["sdxl", "flux"])
     parser.add_argument("--steps", type=int, default=6000)
-    parser.add_argument("--vae-steps", type=int, default=1500)
+    parser.add_argument("--vae-steps", type=int, default=4000)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--grid-every", type=int, default=None, help="FLUX default 3, SDXL 0 (no grids)")
     parser.add_argument("--seed", type=int, default=0)
@@ -184,15 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     parts = build_sdxl(args.seed) if args.family == "sdxl" else build_flux(args.seed)
     backend = backend_from_components(args.family, parts)
     seconds = {}
-    start = time.time()
-    vae_losses = train_vae(parts["vae"], args.vae_steps, args.batch, run_dir / "vae", args.seed)
-    seconds["vae"] = time.time() - start
+    vae_losses, seconds["vae"] = train_vae(parts["vae"], args.vae_steps, args.batch, run_dir / "vae", args.seed)
     config = parts["vae"].config
     stats = standardise_latents(parts["vae"], config.scaling_factor, config.shift_factor or 0.0, args.seed)
     parts["vae"].requires_grad_(False)
-    start = time.time()
-    losses = train_denoiser(backend, args.steps, args.batch, run_dir / "denoiser", args.seed, args.grid_every)
-    seconds["denoiser"] = time.time() - start
+    losses, seconds["denoiser"] = train_denoiser(backend, args.steps, args.batch, run_dir / "denoiser", args.seed,
+                                                 args.grid_every)
     folder = Path(args.out) if args.out else (SDXL_DIR if args.family == "sdxl" else FLUX_DIR)
     folder.parent.mkdir(parents=True, exist_ok=True)
     size = save_pipeline(args.family, parts, folder)

@@ -43,3 +43,14 @@ def test_only_the_latest_checkpoint_is_kept_and_nothing_means_none(tmp_path):
     save_checkpoint(tmp_path, 1, {"net": model}, optimizer)
     save_checkpoint(tmp_path, 2, {"net": model}, optimizer)
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-0000002.safetensors"]
+
+
+def test_tied_weights_are_saved_and_restored(tmp_path):
+    shared = torch.nn.Embedding(5, 3)
+    model = torch.nn.ModuleDict({"a": shared, "b": torch.nn.Linear(3, 5, bias=False)})
+    model["b"].weight = shared.weight  # tied, as T5's embeddings are
+    optimizer = torch.optim.AdamW(model.parameters())
+    save_checkpoint(tmp_path, 1, {"net": model}, optimizer)
+    fresh = torch.nn.ModuleDict({"a": torch.nn.Embedding(5, 3), "b": torch.nn.Linear(3, 5, bias=False)})
+    load_checkpoint(tmp_path, {"net": fresh})
+    assert torch.equal(fresh["a"].weight, shared.weight) and torch.equal(fresh["b"].weight, shared.weight)
