@@ -6,6 +6,7 @@ from comfy_api.v0_0_2 import ComfyExtension, io
 
 from .chosen_one import DINOv2Embed, KMeansCohesiveCluster
 from .chosen_one_training import ChosenOneLoop, LoraTITrainer
+from .dsd import GridPairSplitter, LoadDSD, PairFilter, TwoFrameDiTSampler
 from .model_folders import register_folders
 from .oneactor import ClusterGuidedSampler, OneActorProjectorTrainer
 from .oneactor_io import LoadOneActorIdentity, OneActorSampler, SaveOneActorIdentity
@@ -18,4 +19,4 @@ class ProtagonistExtension(ComfyExtension):
         register_folders()
         return [ProposalSampler, DINOv2Embed, KMeansCohesiveCluster, LoraTITrainer, ChosenOneLoop,
                 OneActorProjectorTrainer, ClusterGuidedSampler, OneActorSampler, SaveOneActorIdentity,
-                LoadOneActorIdentity]
+                LoadOneActorIdentity, GridPairSplitter, PairFilter, LoadDSD, TwoFrameDiTSampler]

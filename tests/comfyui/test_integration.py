@@ -13,7 +13,8 @@ PARITY_TOLERANCE = 1e-4
 OUR_NODES = {"Protagonist_ProposalSampler", "Protagonist_DINOv2Embed", "Protagonist_KMeansCohesiveCluster",
              "Protagonist_LoraTITrainer", "Protagonist_ChosenOneLoop", "Protagonist_OneActorProjectorTrainer",
              "Protagonist_ClusterGuidedSampler", "Protagonist_OneActorSampler", "Protagonist_SaveOneActorIdentity",
-             "Protagonist_LoadOneActorIdentity"}
+             "Protagonist_LoadOneActorIdentity", "Protagonist_GridPairSplitter", "Protagonist_PairFilter",
+             "Protagonist_LoadDSD", "Protagonist_TwoFrameDiTSampler"}
 
 
 def test_every_node_registers(comfy_nodes):
