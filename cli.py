@@ -8,9 +8,6 @@ import sys
 from pathlib import Path
 
 EMBEDDED_MODELS = ("sprite-sdxl", "sprite-flux", "tiny-sdxl", "tiny-flux")
-NOT_YET = {
-    "dsd": "Diffusion Self-Distillation (issue 6)",
-}
 
 
 def load_model(name: str, device: str):
@@ -155,12 +152,108 @@ def add_oneactor(commands) -> None:
     sample.set_defaults(run=run_oneactor_sample)
 
 
-def not_yet(name: str):
-    def run(args) -> int:
-        logging.error("%s is not implemented yet in this version; only `sample` runs today.", NOT_YET[name])
-        return 2
+def run_dsd_make_pairs(args) -> int:
+    """Grid prompts → grids → filtered pairs, into a resumable pair-dataset folder."""
+    from .core.dsd.pairs import PairMining, grid_prompts, mine_pairs
+    from .core.embedding import embed_images
+    from .core.proposals import ProposalSettings
 
-    return run
+    backend = load_model(args.model, args.device)
+    embedder = load_embedder(args.dinov2, args.device)
+    scenes = [line.strip() for line in Path(args.scenes).read_text().splitlines() if line.strip()]
+    prompts = grid_prompts(args.subject, scenes, args.grids, seed=args.seed)
+    sampling = ProposalSettings(count=1, seed=args.seed, steps=args.steps, cfg=args.cfg, height=2 * args.size,
+                                width=2 * args.size)
+    summary = mine_pairs(backend, prompts, args.out, lambda images: embed_images(embedder, images),
+                         PairMining(threshold=args.threshold, sampling=sampling))
+    logging.info("%s", summary)
+    return 0
+
+
+def run_dsd_train(args) -> int:
+    from .core.checkpoint import atomic_save_tensors
+    from .core.dsd.training import TwoFrameTraining, train_two_frame
+
+    backend = load_model(args.model, args.device)
+    settings = TwoFrameTraining(steps=args.steps, batch_size=args.batch, rank=args.rank, alpha=args.rank,
+                                lr=args.lr, side=args.size, seed=args.seed)
+    c_embedder, lora, losses = train_two_frame(backend, args.pairs, Path(args.out) / "run", settings)
+    tensors = {f"c_embedder.{k}": v for k, v in c_embedder.state_dict().items()}
+    tensors.update({f"lora.{k}": v for k, v in lora.items()})
+    atomic_save_tensors(tensors, Path(args.out) / "dsd.safetensors",
+                        {"format": "protagonist.dsd.converted/1", "rank": str(args.rank)})
+    logging.info("final loss %.4f; wrote %s", losses[-1], Path(args.out) / "dsd.safetensors")
+    return 0
+
+
+def run_dsd_sample(args) -> int:
+    from .core.dsd.convert import load_converted
+    from .core.dsd.generate import generate_two_frame
+    from .core.dsd.two_frame import new_c_embedder
+    from .core.images import contact_sheet, pil_to_tensor, save_png
+
+    from PIL import Image
+
+    backend = load_model(args.model, args.device)
+    parts = load_converted(args.dsd)
+    c_embedder = new_c_embedder(backend.transformer)
+    c_embedder.load_state_dict(parts["c_embedder"])
+    reference = pil_to_tensor(Image.open(args.reference))[None]
+    frames = generate_two_frame(backend, c_embedder, parts["lora"], args.rank, float(args.rank),
+                                reference.expand(len(args.prompt), -1, -1, -1), args.prompt,
+                                [args.seed + i for i in range(len(args.prompt))], args.size, args.steps, args.cfg)
+    save_png(contact_sheet(frames, labels=args.prompt, scale=args.sheet_scale), Path(args.out) / "frames.png")
+    return 0
+
+
+def run_dsd_convert(args) -> int:
+    from .core.dsd.convert import convert_dsd
+
+    counts = convert_dsd(args.dsd_transformer, args.flux_transformer, args.out, lora=args.lora)
+    logging.info("wrote %s: %s", args.out, counts)
+    return 0
+
+
+def add_dsd(commands) -> None:
+    dsd = commands.add_parser("dsd", help="Diffusion Self-Distillation: pairs, two-frame training and sampling")
+    steps = dsd.add_subparsers(dest="step", required=True)
+    pairs = steps.add_parser("make-pairs", help="mine identity pairs from generated 2x2 grids")
+    train = steps.add_parser("train", help="train LoRA + c_embedder on a pair dataset")
+    sample = steps.add_parser("sample", help="a new frame of a reference image's subject")
+    for parser in (pairs, train, sample):
+        parser.add_argument("--model", default="sprite-flux", help=f"embedded {EMBEDDED_MODELS}, hub id or folder")
+        parser.add_argument("--size", type=int, default=32, help="frame (panel) side in pixels")
+        parser.add_argument("--steps", type=int, default=28)
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--device", default="cpu")
+    pairs.add_argument("--subject", nargs="+", default=["blob"])
+    pairs.add_argument("--scenes", required=True, help="a text file, one scene per line")
+    pairs.add_argument("--grids", type=int, default=64)
+    pairs.add_argument("--cfg", type=float, default=1.0)
+    pairs.add_argument("--threshold", type=float, default=0.8)
+    pairs.add_argument("--dinov2", default="sprite")
+    pairs.add_argument("--out", default="out/dsd-pairs")
+    pairs.set_defaults(run=run_dsd_make_pairs)
+    train.add_argument("--pairs", required=True)
+    train.add_argument("--batch", type=int, default=8)
+    train.add_argument("--rank", type=int, default=16)
+    train.add_argument("--lr", type=float, default=1e-4)
+    train.add_argument("--out", default="out/dsd-train")
+    train.set_defaults(run=run_dsd_train)
+    sample.add_argument("--dsd", required=True, help="dsd.safetensors from `dsd train` or `dsd convert`")
+    sample.add_argument("--reference", required=True, help="an image of the subject")
+    sample.add_argument("--prompt", nargs="+", default=["a blob at night, on the left"])
+    sample.add_argument("--rank", type=int, default=16)
+    sample.add_argument("--cfg", type=float, default=1.0)
+    sample.add_argument("--sheet-scale", type=int, default=4)
+    sample.add_argument("--out", default="out/dsd-sample")
+    sample.set_defaults(run=run_dsd_sample)
+    convert = steps.add_parser("convert", help="extract c_embedder + LoRA + differences from released DSD weights")
+    convert.add_argument("--dsd-transformer", required=True, help="the released DSD transformer folder or file")
+    convert.add_argument("--flux-transformer", required=True, help="your FLUX.1-dev transformer folder or file")
+    convert.add_argument("--lora", default=None, help="the released DSD LoRA file")
+    convert.add_argument("--out", default="models/protagonist/dsd.safetensors")
+    convert.set_defaults(run=run_dsd_convert)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -198,9 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     chosen.add_argument("--out", default="out/chosen-one")
     chosen.set_defaults(run=run_chosen_one)
     add_oneactor(commands)
-    for name in NOT_YET:
-        stub = commands.add_parser(name, help=f"{NOT_YET[name]} — not implemented yet")
-        stub.set_defaults(run=not_yet(name))
+    add_dsd(commands)
     return parser
 
 

@@ -28,8 +28,20 @@ def test_sample_writes_seeded_images_and_contact_sheet(tmp_path):
     assert sheet.width >= 2 * 32 * 4
 
 
-def test_unimplemented_method_says_so_and_fails():
-    assert main(["dsd"]) == 2
+def test_dsd_make_pairs_train_sample(tmp_path):
+    from protagonist.core.tiny_models import tiny_dinov2
+
+    tiny_dinov2(0).save_pretrained(str(tmp_path / "dino"))
+    (tmp_path / "scenes.txt").write_text("at night\non a beach\nin the snow\nin a city\n")
+    common = ["--model", "tiny-flux", "--steps", "2"]
+    assert main(["dsd", "make-pairs", *common, "--scenes", str(tmp_path / "scenes.txt"), "--grids", "1",
+                 "--threshold", "-1", "--dinov2", str(tmp_path / "dino"), "--out", str(tmp_path / "pairs")]) == 0
+    assert main(["dsd", "train", *common, "--pairs", str(tmp_path / "pairs"), "--batch", "2", "--rank", "2",
+                 "--out", str(tmp_path / "train")]) == 0
+    reference = tmp_path / "pairs" / "grid000000_panel0.png"
+    assert main(["dsd", "sample", *common, "--dsd", str(tmp_path / "train" / "dsd.safetensors"), "--rank", "2",
+                 "--reference", str(reference), "--out", str(tmp_path / "sample")]) == 0
+    assert (tmp_path / "sample" / "frames.png").exists()
 
 
 def test_oneactor_tune_then_sample(tmp_path):
