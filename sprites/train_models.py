@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..core.training import denoising_error
 from ..core.checkpoint import atomic_write_json, load_checkpoint, save_checkpoint
 from .attributes import Context, Identity
 from .captions import random_caption, random_grid_caption
@@ -108,11 +109,7 @@ def denoiser_loss(backend, images, captions, generator, drop_rate: float = 0.1) 
     with torch.no_grad():
         latents = backend.encode_images(images)
     cond = backend.encode_prompts(prompts, image_size=size)
-    sigma = backend.schedule.training_sigmas(len(prompts), generator)
-    noise = torch.randn(latents.shape, generator=generator)
-    noisy = backend.schedule.add_noise(latents, noise, sigma)
-    output = backend.raw_predict(noisy, sigma, cond)
-    return torch.nn.functional.mse_loss(output, backend.schedule.training_target(latents, noise, sigma))
+    return denoising_error(backend, latents, cond, generator).mean()
 
 
 def train_denoiser(backend, steps: int, batch: int, run_dir: Path, seed: int, grid_every: int = 0,

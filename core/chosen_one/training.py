@@ -10,6 +10,7 @@ import torch
 
 from ..adapters import ATTENTION_TARGETS, LoraAdapter, frozen, frozen_parameters
 from ..interface import DiffusionBackend, ProtagonistError, TokenEmbedding
+from ..training import denoising_error
 
 log = logging.getLogger(__name__)
 
@@ -125,12 +126,7 @@ def _step_loss(backend, latents, token, templates, size, generator) -> torch.Ten
     picks = torch.randint(0, len(templates), (latents.shape[0],), generator=generator).tolist()
     prompts = [templates[p].format(token.name) for p in picks]
     cond = backend.encode_prompts(prompts, tokens=[token], image_size=size)
-    sigma = backend.schedule.training_sigmas(latents.shape[0], generator).to(latents.device)
-    noise = torch.randn(latents.shape, generator=generator).to(latents)
-    noisy = backend.schedule.add_noise(latents, noise, sigma)
-    output = backend.raw_predict(noisy, sigma, cond)
-    target = backend.schedule.training_target(latents, noise, sigma)
-    return torch.nn.functional.mse_loss(output.float(), target.float())
+    return denoising_error(backend, latents, cond, generator).mean()
 
 
 def _detached(token: TokenEmbedding) -> TokenEmbedding:

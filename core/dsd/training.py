@@ -21,6 +21,7 @@ from ..adapters import LoraAdapter, frozen, frozen_parameters
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..backends.flux import DiffusersFlux
 from ..interface import ProtagonistError
+from ..training import denoising_error
 from .two_frame import condition_tokens, conditioned, new_c_embedder
 
 log = logging.getLogger(__name__)
@@ -66,11 +67,8 @@ def _loss(backend: DiffusersFlux, c_embedder, references, canvas, prompts, setti
         latents = backend.encode_images(canvas)
         cond = backend.encode_prompts(prompts)
     tokens = condition_tokens(backend, references, settings.side)
-    sigma = backend.schedule.training_sigmas(latents.shape[0], generator).to(latents.device)
-    noise = torch.randn(latents.shape, generator=generator).to(latents)
     with conditioned(backend.transformer, c_embedder, tokens):
-        output = backend.raw_predict(backend.schedule.add_noise(latents, noise, sigma), sigma, cond)
-    error = (output.float() - backend.schedule.training_target(latents, noise, sigma).float()).pow(2)
+        error = denoising_error(backend, latents, cond, generator)
     half = error.shape[-1] // 2
     return error[..., :half].mean() + settings.right_weight * error[..., half:].mean()
 

@@ -15,6 +15,7 @@ import torch
 
 from ..interface import DiffusionBackend, ProtagonistError, WordOffset, apply_word_offset, concat_conditionings
 from ..adapters import frozen
+from ..training import denoising_error, per_sample
 from .projector import Projector
 
 log = logging.getLogger(__name__)
@@ -108,9 +109,5 @@ def _step_loss(backend, projector, data: ProposalSet, template_conds, base_word,
     choice = torch.randint(0, len(template_conds), (latents.shape[0],), generator=generator).tolist()
     cond = concat_conditionings([template_conds[c] for c in choice])
     cond = apply_word_offset(cond, WordOffset(base_word, offsets))
-    sigma = backend.schedule.training_sigmas(latents.shape[0], generator).to(latents.device)
-    noise = torch.randn(latents.shape, generator=generator).to(latents)
-    output = backend.raw_predict(backend.schedule.add_noise(latents, noise, sigma), sigma, cond)
-    target = backend.schedule.training_target(latents, noise, sigma)
-    per_sample = (output.float() - target.float()).pow(2).flatten(1).mean(dim=1)
-    return per_sample[0] + settings.lambda_aux * per_sample[1:-1].mean() + settings.lambda_aver * per_sample[-1]
+    errors = per_sample(denoising_error(backend, latents, cond, generator))
+    return errors[0] + settings.lambda_aux * errors[1:-1].mean() + settings.lambda_aver * errors[-1]

@@ -159,3 +159,10 @@ def test_every_subpackage_is_listed_in_pyproject():
         if init.parent != root and not init.parent.relative_to(root).parts[0].startswith((".", "tests", "runs", "out"))
     }
     assert found == listed
+
+
+def test_test_module_names_are_unique():
+    """Test folders are not packages, so pytest needs every test file name to be unique."""
+    root = Path(__file__).resolve().parents[1]
+    names = [p.name for p in root.glob("*/test_*.py") if not (p.parent / "__init__.py").exists()]
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
