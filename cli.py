@@ -260,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="protagonist", description="The same character across many images.")
     commands = parser.add_subparsers(dest="command", required=True)
     sample = commands.add_parser("sample", help="plain sampling of one prompt (the baseline), with a contact sheet")
-    sample.add_argument("--model", default="tiny-sdxl",
+    sample.add_argument("--model", default="sprite-sdxl",
                         help=f"embedded {EMBEDDED_MODELS}, a hub id, a diffusers folder or a .safetensors file")
     sample.add_argument("--prompt", default="a photo of a blob on the beach")
     sample.add_argument("--negative", default="")
