@@ -239,14 +239,21 @@ class ComfyBackend(DiffusionBackend):
         return [[cond.embeds, options]]
 
     def _comfy_conds(self, x, conds):
-        key = (tuple(id(c) for c in conds), tuple(x.shape))
-        if key not in self._processed:
-            named = {f"c{i}": comfy.sampler_helpers.convert_cond(self.to_comfy(c)) for i, c in enumerate(conds)}
-            inner, named, _ = comfy.sampler_helpers.prepare_sampling(self.model, x.shape, named,
-                                                                     self.model.model_options)
-            processed = comfy.samplers.process_conds(inner, x, named, x.device)
-            self._processed = {key: [processed[f"c{i}"] for i in range(len(conds))]}
-        return self._processed[key]
+        """ComfyUI's processed conds, reused while the same Conditioning objects come back (a sampling run).
+
+        The cache holds the objects themselves, not their ids: an id can be reused by a new object once
+        the old one is freed, which would hand back another step's tensors.
+        """
+        cached = self._processed.get("entry")
+        if cached is not None and cached[1] == tuple(x.shape) and len(cached[0]) == len(conds) \
+                and all(a is b for a, b in zip(cached[0], conds)):
+            return cached[2]
+        named = {f"c{i}": comfy.sampler_helpers.convert_cond(self.to_comfy(c)) for i, c in enumerate(conds)}
+        inner, named, _ = comfy.sampler_helpers.prepare_sampling(self.model, x.shape, named, self.model.model_options)
+        processed = comfy.samplers.process_conds(inner, x, named, x.device)
+        result = [processed[f"c{i}"] for i in range(len(conds))]
+        self._processed = {"entry": (list(conds), tuple(x.shape), result)}
+        return result
 
     def predict(self, x, sigma, conds):
         sigma = torch.as_tensor(sigma, device=x.device, dtype=x.dtype).reshape(-1).expand(x.shape[0])

@@ -73,3 +73,25 @@ def test_chosen_one_nodes_run_one_round_in_the_executor(comfy_nodes, comfy_sdxl)
     assert len(outputs["7"]["images"]) == 2 and len(outputs["8"]["images"]) == 1
     for folder in ("loras", "embeddings"):
         assert (Path(folder_paths.get_folder_paths(folder)[0]) / "nodehero.safetensors").exists()
+
+
+def test_the_whole_loop_node_runs_in_the_executor(comfy_nodes, comfy_sdxl):
+    import folder_paths
+
+    dino = Path(folder_paths.get_folder_paths("dinov2")[0]) / "tiny"
+    if not dino.exists():
+        tiny_dinov2(0).save_pretrained(str(dino))
+    comfy_nodes.NODE_CLASS_MAPPINGS["ProtagonistTest_TinyModels"] = tiny_loader_node(comfy_sdxl)
+    prompt = {
+        "1": {"class_type": "ProtagonistTest_TinyModels", "inputs": {}},
+        "2": {"class_type": "Protagonist_ChosenOneLoop", "inputs": {
+            "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "prompt": "a photo of a red blob",
+            "init_word": "blob", "identity_prompt": "a photo of {}", "preset": "fast", "dinov2": "tiny",
+            "name": "loophero", "width": 32, "height": 32, "seed": 3, "overwrite": True}},
+        "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 3]}},
+    }
+    outputs, _ = run_prompt(prompt)
+    run_dir = Path(folder_paths.get_output_directory()) / "protagonist_runs" / "loophero"
+    assert (run_dir / "round_00" / "round.json").exists() and (run_dir / "summary.json").exists()
+    assert (Path(folder_paths.get_folder_paths("loras")[0]) / "loophero.safetensors").exists()
+    assert len(outputs["3"]["images"]) == 32
