@@ -36,9 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--methods", default="plain", help=f"comma-separated, from {sorted(METHODS)}")
     parser.add_argument("--seed", type=int, default=1_000_000, help="base seed; image k of character c: seed+1000c+k")
     parser.add_argument("--characters", type=int, default=0, help="use only the first N characters (0 = all)")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--cfg", type=float, default=5.0)
-    parser.add_argument("--sampler", default="euler")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--cfg", type=float, default=3.0)
+    parser.add_argument("--sampler", default="dpmpp_2m", choices=["euler", "dpmpp_2m"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--grids", type=int, default=0,
                         help="also score N 2×2 grid prompts (FLUX: the grid ability DSD mines)")
