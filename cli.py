@@ -57,7 +57,8 @@ def load_embedder(source: str, device: str):
 def run_chosen_one(args) -> int:
     """The Chosen One loop; writes the run directory, the identity and ComfyUI-loadable exports."""
     from .core.chosen_one.identity_file import export_for_comfyui, save_identity
-    from .core.chosen_one.loop import load_round_images, run_chosen_one as loop
+    from .core.chosen_one.loop import load_round_images
+    from .core.chosen_one.loop import run_chosen_one as loop
     from .core.chosen_one.presets import preset
     from .core.embedding import embed_images
     from .core.images import contact_sheet, save_png
@@ -187,12 +188,12 @@ def run_dsd_train(args) -> int:
 
 
 def run_dsd_sample(args) -> int:
+    from PIL import Image
+
     from .core.dsd.convert import load_converted
     from .core.dsd.generate import generate_two_frame
     from .core.dsd.two_frame import new_c_embedder
     from .core.images import contact_sheet, pil_to_tensor, save_png
-
-    from PIL import Image
 
     backend = load_model(args.model, args.device)
     parts = load_converted(args.dsd)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..sprites.attributes import CONTEXT_ATTRIBUTES, IDENTITY_ATTRIBUTES, ATTRIBUTES
+from ..sprites.attributes import ATTRIBUTES, CONTEXT_ATTRIBUTES, IDENTITY_ATTRIBUTES
 from ..sprites.captions import parse_prompt
 from ..sprites.oracle import Oracle, identity_of
 from .harness import MethodRun, same_character_pairs

@@ -143,19 +143,15 @@ def tiny_flux_components(seed: int = 0, words=TINY_WORDS, transformer_config: di
 
 
 def tiny_sdxl(seed: int = 0, **kwargs):
-    from .backends.sdxl import DiffusersSDXL
+    from .backends.loading import backend_from_components
 
-    parts = tiny_sdxl_components(seed, **kwargs)
-    return DiffusersSDXL(parts["unet"], parts["text_encoder"], parts["text_encoder_2"], parts["tokenizer"],
-                         parts["tokenizer_2"], parts["vae"], parts["scheduler"].config)
+    return backend_from_components("sdxl", tiny_sdxl_components(seed, **kwargs))
 
 
 def tiny_flux(seed: int = 0, **kwargs):
-    from .backends.flux import DiffusersFlux
+    from .backends.loading import backend_from_components
 
-    parts = tiny_flux_components(seed, **kwargs)
-    return DiffusersFlux(parts["transformer"], parts["text_encoder"], parts["text_encoder_2"], parts["tokenizer"],
-                         parts["tokenizer_2"], parts["vae"], shift=1.0)
+    return backend_from_components("flux", tiny_flux_components(seed, **kwargs), shift=1.0)
 
 
 def tiny_dinov2(seed: int = 0, image_size: int = 32, patch_size: int = 8, hidden: int = 32):

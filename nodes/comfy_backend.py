@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import contextlib
 
-import torch
-
 import comfy.model_base
 import comfy.model_management
 import comfy.model_patcher
 import comfy.model_sampling
 import comfy.sampler_helpers
 import comfy.samplers
+import torch
 
 from ..core.interface import Conditioning, DiffusionBackend, ProtagonistError, TokenEmbedding
 from ..core.schedules import NoiseSchedule

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import torch
-
 import comfy.samplers
+import torch
 
 from ..core.interface import ProtagonistError
 from ..core.oneactor.guidance import ClusterGuidance, cluster_guidance, offset_conditionings

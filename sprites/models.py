@@ -77,17 +77,6 @@ def build_flux(seed: int = 0) -> dict:
                 tokenizer=tokenizer, tokenizer_2=tokenizer_2, vae=vae, scheduler=scheduler)
 
 
-def backend_from_components(family: str, parts: dict):
-    from ..core.backends.flux import DiffusersFlux
-    from ..core.backends.sdxl import DiffusersSDXL
-
-    if family == "sdxl":
-        return DiffusersSDXL(parts["unet"], parts["text_encoder"], parts["text_encoder_2"], parts["tokenizer"],
-                             parts["tokenizer_2"], parts["vae"], parts["scheduler"].config)
-    return DiffusersFlux(parts["transformer"], parts["text_encoder"], parts["text_encoder_2"], parts["tokenizer"],
-                         parts["tokenizer_2"], parts["vae"], shift=1.0, max_sequence_length=TEXT_MAX_LENGTH)
-
-
 def load_sprite_model(family: str = "sdxl", device: str = "cpu"):
     """The shipped trained sprite model of `family`, through the same loader as real checkpoints."""
     folder = SDXL_DIR if family == "sdxl" else FLUX_DIR

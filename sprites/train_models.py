@@ -18,11 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.training import denoising_error
+from ..core.backends.loading import backend_from_components
 from ..core.checkpoint import atomic_write_json, load_checkpoint, save_checkpoint
+from ..core.training import denoising_error
 from .attributes import Context, Identity
 from .captions import random_caption, random_grid_caption
-from .models import FLUX_DIR, SDXL_DIR, backend_from_components, build_flux, build_sdxl
+from .models import FLUX_DIR, SDXL_DIR, build_flux, build_sdxl
 from .world import render, render_grid
 
 log = logging.getLogger(__name__)

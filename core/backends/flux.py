@@ -50,12 +50,13 @@ class DiffusersFlux(DiffusersBackend):
         self.schedule = FlowSchedule(shift=shift if shift is not None else flux_shift(1024))
 
     @classmethod
-    def from_pipeline(cls, pipe, **kwargs) -> "DiffusersFlux":
-        config = pipe.scheduler.config
+    def from_components(cls, parts: dict, **kwargs) -> "DiffusersFlux":
+        """From components named as in `FluxPipeline` (`pipe.components`); a fixed-shift scheduler sets the shift."""
+        config = parts["scheduler"].config
         if not config.get("use_dynamic_shifting", True):
             kwargs.setdefault("shift", config.get("shift", 1.0))
-        return cls(pipe.transformer, pipe.text_encoder, pipe.text_encoder_2, pipe.tokenizer, pipe.tokenizer_2,
-                   pipe.vae, **kwargs)
+        return cls(parts["transformer"], parts["text_encoder"], parts["text_encoder_2"], parts["tokenizer"],
+                   parts["tokenizer_2"], parts["vae"], **kwargs)
 
     # -- text --------------------------------------------------------------------------------
     def _encode(self, key, prompts, tokens, word, max_length):
@@ -99,10 +100,10 @@ class DiffusersFlux(DiffusersBackend):
                              f"within the model's blocks, got {point!r}")
         return blocks[kind][int(index)]
 
-    def raw_predict(self, x, sigma, cond: Conditioning, image_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def raw_predict(self, x, sigma, cond: Conditioning) -> torch.Tensor:
         x_in, timestep = self.schedule.model_input(x, sigma)
         height, width = x.shape[-2:]
-        ids = image_position_ids(height, width, device=x.device) if image_ids is None else image_ids
+        ids = image_position_ids(height, width, device=x.device)
         txt_ids = torch.zeros(cond.embeds.shape[1], 3, device=x.device)
         guidance = cond.extras.get("guidance")
         out = self.transformer(

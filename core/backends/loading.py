@@ -56,19 +56,20 @@ def load_pipeline(source: str, family: str | None = None, dtype: torch.dtype = t
             f"hub id on a machine that can download it.") from error
 
 
-def backend_from_pipeline(pipe, family: str, **kwargs) -> DiffusionBackend:
+def backend_from_components(family: str, parts: dict, **kwargs) -> DiffusionBackend:
+    """A diffusers backend from pipeline-named components (a loaded pipeline's, or built by hand)."""
     from .flux import DiffusersFlux
     from .sdxl import DiffusersSDXL
 
     if family == "sdxl":
-        return DiffusersSDXL.from_pipeline(pipe)
-    return DiffusersFlux.from_pipeline(pipe, **kwargs)
+        return DiffusersSDXL.from_components(parts)
+    return DiffusersFlux.from_components(parts, **kwargs)
 
 
 def load_backend(source: str, family: str | None = None, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32, config: str | None = None) -> DiffusionBackend:
     """A ready backend on `device`; see :func:`load_pipeline` for `source`."""
     pipe, family = load_pipeline(source, family, dtype, config)
-    backend = backend_from_pipeline(pipe, family)
+    backend = backend_from_components(family, pipe.components)
     log.info("loaded %s model %s on %s (%s)", family, source, device, dtype)
     return backend.to(device=device)

@@ -38,9 +38,10 @@ class DiffusersSDXL(DiffusersBackend):
         self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
 
     @classmethod
-    def from_pipeline(cls, pipe) -> "DiffusersSDXL":
-        return cls(pipe.unet, pipe.text_encoder, pipe.text_encoder_2, pipe.tokenizer, pipe.tokenizer_2,
-                   pipe.vae, pipe.scheduler.config)
+    def from_components(cls, parts: dict) -> "DiffusersSDXL":
+        """From components named as in `StableDiffusionXLPipeline` (`pipe.components`)."""
+        return cls(parts["unet"], parts["text_encoder"], parts["text_encoder_2"], parts["tokenizer"],
+                   parts["tokenizer_2"], parts["vae"], parts["scheduler"].config)
 
     # -- text --------------------------------------------------------------------------------
     def encode_prompts(self, prompts, tokens=None, word=None, image_size=None) -> Conditioning:

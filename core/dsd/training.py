@@ -18,8 +18,8 @@ import torch
 from PIL import Image
 
 from ..adapters import LoraAdapter, frozen, frozen_parameters
-from ..checkpoint import load_checkpoint, save_checkpoint
 from ..backends.flux import DiffusersFlux
+from ..checkpoint import load_checkpoint, save_checkpoint
 from ..interface import ProtagonistError
 from ..training import denoising_error
 from .two_frame import condition_tokens, conditioned, new_c_embedder

@@ -14,8 +14,8 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from ..interface import Conditioning, ProtagonistError
 from ..backends.flux import DiffusersFlux, pack_latents
+from ..interface import Conditioning, ProtagonistError
 
 MIN_REFERENCE_SIDE = 16
 

@@ -13,8 +13,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..interface import DiffusionBackend, ProtagonistError, WordOffset, apply_word_offset, concat_conditionings
 from ..adapters import frozen
+from ..interface import (
+    DiffusionBackend,
+    ProtagonistError,
+    WordOffset,
+    apply_word_offset,
+    concat_conditionings,
+)
 from ..training import denoising_error, per_sample
 from .projector import Projector
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from protagonist.core.dsd.pairs import GridPrompt, PairMining, grid_prompts, mine_pairs
 from protagonist.core.interface import ProtagonistError

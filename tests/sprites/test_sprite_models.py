@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from protagonist.bench.harness import SamplingSettings, draw
 from protagonist.sprites.captions import parse_prompt
