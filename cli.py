@@ -108,18 +108,14 @@ def run_oneactor_tune(args) -> int:
 def run_oneactor_sample(args) -> int:
     """Cluster-guided sampling of prompts with a saved OneActor identity."""
     from .core.images import contact_sheet, save_png
-    from .core.oneactor.guidance import ClusterGuidance, cluster_guided_terms
+    from .core.oneactor.guidance import ClusterGuidance, draw_identity
     from .core.oneactor.identity import load_identity
-    from .core.sampling import sample, seeded_noise
 
     backend = load_model(args.model, args.device)
     identity = load_identity(args.identity, backend)
-    size = (args.size, args.size)
     settings = ClusterGuidance(args.eta_target, args.eta_aux, args.semantic_scale, args.cluster_fraction, args.cfg)
-    conds, guidance = cluster_guided_terms(backend, args.prompt, "", identity.base_word, identity.delta_target,
-                                           identity.delta_aux, settings, size)
-    noise = seeded_noise([args.seed + i for i in range(len(args.prompt))], backend.latent_shape(len(args.prompt), *size))
-    images = backend.decode_latents(sample(backend, conds, noise, args.steps, guidance))
+    seeds = [args.seed + i for i in range(len(args.prompt))]
+    images = draw_identity(backend, identity, args.prompt, seeds, settings, (args.size, args.size), args.steps)
     save_png(contact_sheet(images, labels=args.prompt, scale=args.sheet_scale), Path(args.out) / "samples.png")
     return 0
 

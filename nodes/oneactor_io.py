@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import folder_paths
-import torch
 from comfy_api.v0_0_2 import io
 
-from ..core.oneactor.guidance import cluster_guided_terms
+from ..core.oneactor.guidance import draw_identity
 from ..core.oneactor.identity import check_compatible, load_identity, save_identity
-from ..core.sampling import sample, seeded_noise
 from .comfy_backend import ComfyBackend
 from .convert import images_to_comfy
 from .model_folders import PROTAGONIST_FOLDER, output_file
@@ -48,13 +46,10 @@ class OneActorSampler(io.ComfyNode):
         check_compatible(identity.family, identity.width, backend, "the identity")
         prompts = [line for line in prompt.splitlines() if line.strip()]
         settings = guidance_settings(eta_target, eta_aux, semantic_scale, cluster_fraction, cfg)
-        conds, guidance = cluster_guided_terms(backend, prompts, negative, identity.base_word, identity.delta_target,
-                                               identity.delta_aux, settings, (height, width))
         seeds = [seed + i for i in range(len(prompts))]
-        noise = seeded_noise(seeds, backend.latent_shape(len(prompts), height, width))
-        latents = sample(backend, conds, noise, steps, guidance, sampler, callback=SamplingProgress(model, steps))
-        with torch.no_grad():
-            return io.NodeOutput(images_to_comfy(backend.decode_latents(latents)))
+        images = draw_identity(backend, identity, prompts, seeds, settings, (height, width), steps, sampler, negative,
+                               callback=SamplingProgress(model, steps))
+        return io.NodeOutput(images_to_comfy(images))
 
 
 class SaveOneActorIdentity(io.ComfyNode):

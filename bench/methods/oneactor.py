@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-import torch
-
-from ...core.oneactor.guidance import ClusterGuidance, cluster_guided_terms
+from ...core.oneactor.guidance import ClusterGuidance, draw_identity
 from ...core.oneactor.identity import OneActorIdentity, make_identity
 from ...core.oneactor.tuning import OneActorTuning, ProposalSet, tune_projector
 from ...core.proposals import ProposalSettings, generate_proposals
-from ...core.sampling import sample, seeded_noise
 
 
 @dataclass
@@ -38,11 +35,6 @@ class OneActorMethod:
         return make_identity(tuned.projector, data.features, self.base_word, backend.family)
 
     def generate(self, backend, identity: OneActorIdentity, prompts, seeds, settings):
-        guidance_settings = replace(self.recipe.guidance, cfg=settings.cfg)
-        conds, guidance = cluster_guided_terms(backend, prompts, settings.negative, identity.base_word,
-                                               identity.delta_target, identity.delta_aux, guidance_settings,
-                                               settings.size)
-        noise = seeded_noise(seeds, backend.latent_shape(len(seeds), *settings.size))
-        latents = sample(backend, conds, noise, settings.steps, guidance, settings.sampler)
-        with torch.no_grad():
-            return backend.decode_latents(latents)
+        guidance = replace(self.recipe.guidance, cfg=settings.cfg)
+        return draw_identity(backend, identity, prompts, seeds, guidance, settings.size, settings.steps,
+                             settings.sampler, settings.negative)

@@ -13,13 +13,13 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
 from ..adapters import LoraAdapter, frozen, frozen_parameters
 from ..backends.flux import DiffusersFlux
 from ..checkpoint import load_checkpoint, save_checkpoint
+from ..images import pil_to_tensor
 from ..interface import ProtagonistError
 from ..training import denoising_error
 from .two_frame import condition_tokens, conditioned, new_c_embedder
@@ -52,8 +52,7 @@ def read_pairs(folder: str | Path) -> list[dict]:
 
 
 def _load(folder: Path, name: str, side: int) -> torch.Tensor:
-    image = Image.open(folder / name).convert("RGB").resize((side, side), Image.BICUBIC)
-    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    return pil_to_tensor(Image.open(folder / name).resize((side, side), Image.BICUBIC))
 
 
 def _batch(folder: Path, pairs: list[dict], picks: list[int], side: int):

@@ -67,3 +67,17 @@ def cluster_guidance(settings: ClusterGuidance):
         return out
 
     return guidance
+
+
+def draw_identity(backend: DiffusionBackend, identity, prompts: list[str], seeds: list[int],
+                  settings: ClusterGuidance, image_size: tuple[int, int], steps: int, sampler: str = "euler",
+                  negative: str = "", callback=None) -> torch.Tensor:
+    """One image per prompt and seed of a OneActor identity, with cluster guidance: [B, 3, H, W] in [0, 1]."""
+    from ..sampling import sample, seeded_noise
+
+    conds, guidance = cluster_guided_terms(backend, prompts, negative, identity.base_word, identity.delta_target,
+                                           identity.delta_aux, settings, image_size)
+    noise = seeded_noise(seeds, backend.latent_shape(len(seeds), *image_size))
+    latents = sample(backend, conds, noise, steps, guidance, sampler, callback=callback)
+    with torch.no_grad():
+        return backend.decode_latents(latents)

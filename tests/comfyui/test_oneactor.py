@@ -81,3 +81,15 @@ def test_guider_equals_the_core_sampler(comfy_nodes, comfy_sdxl, comfy_backend):
     run_prompt(prompt)
     assert len(CAPTURED) == 1
     assert (CAPTURED[0] - expected).abs().max() <= 1e-3
+
+
+def test_one_node_sampler_draws_the_identity(comfy_nodes, comfy_sdxl, comfy_backend):
+    from .helpers import pack_module
+
+    model, clip, vae = comfy_sdxl
+    features = torch.randn(3, 64, 4, 4, generator=torch.Generator().manual_seed(0))
+    identity = make_identity(new_projector(comfy_backend, features, 0), features, "blob", "sdxl")
+    node = pack_module("nodes.oneactor_io").OneActorSampler
+    images = node.execute(model, clip, vae, identity, "a blob at night\na blob in the snow", "", 4, 3, "euler", 32, 32,
+                          6.0, 1.0, 0.8, 0.5, 4.0).result[0]
+    assert images.shape == (2, 32, 32, 3) and 0 <= float(images.min()) and float(images.max()) <= 1
