@@ -21,9 +21,10 @@ from ..adapters import lora_applied
 from ..checkpoint import atomic_save_tensors, atomic_write_json
 from ..interface import DiffusionBackend
 from ..proposals import ProposalSettings, generate_proposals
+from ..training import TrainingDiverged
 from .clustering import check_cluster_settings, mean_pairwise_distance, most_cohesive_cluster
 from .identity_file import load_identity, save_identity
-from .training import IdentityTraining, LearnedIdentity, TrainingDiverged, new_token, train_identity
+from .training import IdentityTraining, LearnedIdentity, new_token, train_identity
 
 log = logging.getLogger(__name__)
 

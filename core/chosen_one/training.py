@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 
 import torch
 
 from ..adapters import ATTENTION_TARGETS, LoraAdapter, frozen, frozen_parameters
 from ..interface import DiffusionBackend, ProtagonistError, TokenEmbedding
-from ..training import denoising_error
+from ..training import denoising_error, optimisation_step
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +38,6 @@ class LearnedIdentity:
     rank: int
     alpha: float
     losses: list[float] = field(default_factory=list)
-
-
-class TrainingDiverged(ProtagonistError):
-    """The loss became NaN or infinite; `step` says when."""
-
-    def __init__(self, step: int):
-        super().__init__(f"the training loss became NaN at step {step}; lower the learning rates")
-        self.step = step
 
 
 def new_token(backend: DiffusionBackend, name: str, init_word: str) -> TokenEmbedding:
@@ -111,14 +102,9 @@ def _fit(backend, latents, token, settings, optimizer, generator, callback) -> l
     with torch.enable_grad():
         for step, index in enumerate(_batches(len(latents), settings.batch_size, settings.steps, generator)):
             loss = _step_loss(backend, latents[index], token, settings.templates, size, generator)
-            if not math.isfinite(loss.item()):
-                raise TrainingDiverged(step)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
+            losses.append(optimisation_step(loss, optimizer, step))
             if callback is not None:
-                callback(step, loss.item())
+                callback(step, losses[-1])
     return losses
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from ..backends.flux import DiffusersFlux
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..images import pil_to_tensor
 from ..interface import ProtagonistError
-from ..training import denoising_error
+from ..training import denoising_error, optimisation_step
 from .two_frame import condition_tokens, conditioned, new_c_embedder
 
 log = logging.getLogger(__name__)
@@ -96,12 +95,7 @@ def train_two_frame(backend: DiffusersFlux, pair_folder: str | Path, run_dir: st
                 generator = torch.Generator().manual_seed(settings.seed * 100003 + step)
                 picks = torch.randint(0, len(pairs), (settings.batch_size,), generator=generator).tolist()
                 loss = _loss(backend, c_embedder, *_batch(folder, pairs, picks, settings.side), settings, generator)
-                if not math.isfinite(loss.item()):
-                    raise ProtagonistError(f"the loss became NaN at step {step}; the last checkpoint is kept")
-                optimizer.zero_grad()
-                accelerator.backward(loss)
-                optimizer.step()
-                losses.append(round(loss.item(), 5))
+                losses.append(round(optimisation_step(loss, optimizer, step, accelerator.backward), 5))
                 if (step + 1) % settings.checkpoint_every == 0 or step + 1 == settings.steps:
                     save_checkpoint(run_dir, step + 1, {"c_embedder": accelerator.unwrap_model(c_embedder),
                                                         "lora": lora_holder}, optimizer, extra={"losses": losses})

@@ -8,7 +8,6 @@ L_tar + λ1·L_aux + λ2·L_aver (paper: λ1 = 0.5, λ2 = 0.3). Only the project
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -21,7 +20,7 @@ from ..interface import (
     apply_word_offset,
     concat_conditionings,
 )
-from ..training import denoising_error, per_sample
+from ..training import denoising_error, optimisation_step, per_sample
 from .projector import Projector
 
 log = logging.getLogger(__name__)
@@ -93,14 +92,9 @@ def tune_projector(backend: DiffusionBackend, data: ProposalSet, base_word: str,
     with torch.enable_grad(), backend.session(), frozen(*frozen_modules):
         for step in range(settings.steps):
             loss = _step_loss(backend, projector, data, template_conds, base_word, settings, generator)
-            if not math.isfinite(loss.item()):
-                raise ProtagonistError(f"the tuning loss became NaN at step {step}; lower the learning rate")
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
+            losses.append(optimisation_step(loss, optimizer, step))
             if callback is not None:
-                callback(step, loss.item())
+                callback(step, losses[-1])
     projector.eval()
     return TunedProjector(projector, losses)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from protagonist.core.chosen_one.clustering import mean_pairwise_distance, most_cohesive_cluster
 from protagonist.core.interface import ProtagonistError
 

@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-
 from protagonist.core.chosen_one.identity_file import export_for_comfyui, load_identity
 from protagonist.core.chosen_one.loop import ChosenOneSettings, run_chosen_one
 from protagonist.core.chosen_one.training import IdentityTraining

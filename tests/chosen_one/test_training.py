@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from protagonist.core.adapters import LoraAdapter, comfy_lora, kohya_lora, lora_applied
-from protagonist.core.chosen_one.training import IdentityTraining, TrainingDiverged, new_token, train_identity
+from protagonist.core.chosen_one.training import IdentityTraining, new_token, train_identity
 from protagonist.core.interface import ProtagonistError
+from protagonist.core.training import TrainingDiverged
 
 
 @pytest.fixture(scope="module")
