@@ -100,6 +100,7 @@ class ClusterGuidedSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, identity, prompt, negative, eta_target, eta_aux, semantic_scale, cluster_fraction,
                 cfg, positive=None) -> io.NodeOutput:
-        check_compatible(identity.family, identity.width, ComfyBackend(model, clip), "the identity")
+        backend = ComfyBackend(model, clip)
+        check_compatible(identity.family, identity.width, backend, "the identity")
         settings = guidance_settings(eta_target, eta_aux, semantic_scale, cluster_fraction, cfg)
-        return io.NodeOutput(build_guider(model, clip, identity, prompt, negative, settings, positive))
+        return io.NodeOutput(build_guider(backend, model, identity, prompt, negative, settings, positive))

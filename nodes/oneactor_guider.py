@@ -54,9 +54,8 @@ class ClusterGuider(comfy.samplers.CFGGuider):
         return self.rule(torch.stack(preds), info)
 
 
-def build_guider(model, clip, identity, prompt: str, negative: list, settings: ClusterGuidance,
+def build_guider(backend: ComfyBackend, model, identity, prompt: str, negative: list, settings: ClusterGuidance,
                  positive: list | None = None) -> ClusterGuider:
-    backend = ComfyBackend(model, clip)
     with torch.no_grad():
         base = backend.encode_prompts([prompt], word=identity.base_word)
     target, aux = offset_conditionings(base, identity.base_word, identity.delta_target, identity.delta_aux, settings)

@@ -2,7 +2,8 @@
 
 The released DSD transformer is a full 24 GB FLUX copy; users already have FLUX.1-dev. The converter
 streams both, tensor by tensor, and writes one small safetensors file with `c_embedder.*`,
-`lora.*` (from the released LoRA file, if given) and `diff.*` (DSD − FLUX for tensors that differ).
+`lora.*` (from the released LoRA file, if given), `diff.*` (DSD − FLUX for tensors that differ) and
+`added.*` (any other tensor FLUX.1-dev lacks).
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ def convert_dsd(dsd_transformer: str | Path, base_transformer: str | Path, out: 
     extra = sorted(set(dsd) - set(base))
     if not any(k.startswith("c_embedder.") for k in extra):
         raise ProtagonistError(f"{dsd_transformer} has no c_embedder: it is not a DSD transformer")
-    tensors = {k: _read(dsd[k], k) for k in extra}
+    # c_embedder.* keeps its name; any other tensor FLUX.1-dev lacks goes under "added."
+    tensors = {(k if k.startswith("c_embedder.") else f"added.{k}"): _read(dsd[k], k) for k in extra}
     changed = 0
     for key in sorted(set(dsd) & set(base)):
         ours, theirs = _read(dsd[key], key), _read(base[key], key)
@@ -74,7 +76,7 @@ def load_converted(path: str | Path) -> dict[str, dict[str, torch.Tensor]]:
         if (f.metadata() or {}).get("format") != FORMAT:
             raise ProtagonistError(f"{path} is not a converted DSD file; make one with `dsd convert`")
         tensors = {k: f.get_tensor(k) for k in f.keys()}
-    parts = {"c_embedder": {}, "lora": {}, "diff": {}}
+    parts = {"c_embedder": {}, "lora": {}, "diff": {}, "added": {}}
     for key, value in tensors.items():
         head, _, rest = key.partition(".")
         if head not in parts:

@@ -15,17 +15,19 @@ def test_round_trip_keeps_only_what_the_base_lacks(tmp_path):
     dsd = {k: v.clone() for k, v in base.items()}
     dsd["blocks.1.w"] += 0.5
     dsd["c_embedder.weight"], dsd["c_embedder.bias"] = torch.zeros(8, 4), torch.zeros(8)
+    dsd["extra_head.weight"] = torch.ones(2)
     save_file(base, str(tmp_path / "base.safetensors"))
     (tmp_path / "dsd").mkdir()
     save_file(dsd, str(tmp_path / "dsd" / "model.safetensors"))
     save_file({"transformer.blocks.0.lora_A.weight": torch.ones(2, 3)}, str(tmp_path / "lora.safetensors"))
     counts = convert_dsd(tmp_path / "dsd", tmp_path / "base.safetensors", tmp_path / "small.safetensors",
                          lora=tmp_path / "lora.safetensors")
-    assert counts == {"added": 2, "changed": 1, "lora": 1}
+    assert counts == {"added": 3, "changed": 1, "lora": 1}
     parts = load_converted(tmp_path / "small.safetensors")
     assert set(parts["c_embedder"]) == {"weight", "bias"}  # a state dict for the Linear
     assert torch.allclose(base["blocks.1.w"] + parts["diff"]["blocks.1.w"], dsd["blocks.1.w"])
     assert set(parts["lora"]) == {"transformer.blocks.0.lora_A.weight"}
+    assert set(parts["added"]) == {"extra_head.weight"}
 
 
 def test_wrong_inputs_are_named(tmp_path):
