@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, fields
 
 #: Bump when the look of any attribute value changes (invalidates oracles).
-RENDER_VERSION = 1
+RENDER_VERSION = 2
 
 CLASS_WORD = "blob"
 
