@@ -14,18 +14,20 @@ from ..cli import load_model
 from .harness import PlainSampling, SamplingSettings, read_characters, run_method
 from .methods.chosen_one import ChosenOneMethod
 from .methods.oneactor import OneActorMethod, OneActorRecipe
+from .overrides import parse_overrides
 from .report import markdown_table, table_row, write_contact_sheet
 from .scoring import score
 
 DEFAULT_PROMPTS = Path(__file__).parent / "prompts" / "sprite_characters.txt"
-# Each factory gets the embedder and the output folder (for the methods' run directories).
+# Each factory gets the embedder, the output folder (for the methods' run directories) and --set overrides.
 METHODS = {
-    "plain": lambda embedder, out: PlainSampling(),
-    "chosen-one-paper": lambda embedder, out: ChosenOneMethod("paper", embedder, out / "runs"),
-    "chosen-one-fast": lambda embedder, out: ChosenOneMethod("fast", embedder, out / "runs"),
-    "oneactor": lambda embedder, out: OneActorMethod(),
-    "oneactor-no-aux": lambda embedder, out: OneActorMethod(
-        "oneactor-no-aux", recipe=OneActorRecipe(guidance=replace(OneActorRecipe().guidance, eta_aux=0.0))),
+    "plain": lambda embedder, out, sets: PlainSampling(),
+    "chosen-one-paper": lambda embedder, out, sets: ChosenOneMethod("paper", embedder, out / "runs", overrides=sets),
+    "chosen-one-fast": lambda embedder, out, sets: ChosenOneMethod("fast", embedder, out / "runs", overrides=sets),
+    "oneactor": lambda embedder, out, sets: OneActorMethod(overrides=sets),
+    "oneactor-no-aux": lambda embedder, out, sets: OneActorMethod(
+        "oneactor-no-aux", recipe=OneActorRecipe(guidance=replace(OneActorRecipe().guidance, eta_aux=0.0)),
+        overrides=sets),
 }
 
 
@@ -42,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--grids", type=int, default=0,
                         help="also score N 2×2 grid prompts (FLUX: the grid ability DSD mines)")
+    parser.add_argument("--set", action="append", default=[], metavar="METHOD:FIELD=VALUE",
+                        help="override a method's setting, e.g. oneactor:tuning.lr=1e-3 (repeatable)")
     parser.add_argument("--out", default="out/bench")
     return parser
 
@@ -67,10 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     backend = load_model(args.model, args.device)
     settings = SamplingSettings(steps=args.steps, cfg=args.cfg, sampler=args.sampler)
     oracle, embedder = Oracle.load(), load_embedder()
-    out = Path(args.out)
+    out, overrides = Path(args.out), parse_overrides(args.set)
+    unknown = set(overrides) - set(args.methods.split(","))
+    if unknown:
+        raise SystemExit(f"--set names {sorted(unknown)}, which are not among --methods {args.methods}")
     rows, results = [], {}
     for name in args.methods.split(","):
-        run = run_method(METHODS[name](embedder, out), backend, characters, args.seed, settings)
+        run = run_method(METHODS[name](embedder, out, overrides.get(name, {})), backend, characters, args.seed,
+                         settings)
         scores = score(run, oracle, embedder)
         rows.append(table_row(run, scores))
         write_contact_sheet(run, out, columns=max(len(c.contexts) for c in characters))

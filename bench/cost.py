@@ -22,7 +22,7 @@ class Cost:
     peak_bytes: int = 0
     samples: list[int] = field(default_factory=list, repr=False)
 
-    def add(self, other: "Cost") -> None:
+    def add(self, other: Cost) -> None:
         self.evaluations += other.evaluations
         self.seconds += other.seconds
         self.peak_bytes = max(self.peak_bytes, other.peak_bytes)

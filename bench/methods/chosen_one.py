@@ -11,6 +11,7 @@ from ...core.chosen_one.presets import preset
 from ...core.chosen_one.training import LearnedIdentity
 from ...core.embedding import embed_images
 from ..harness import Character, PlainSampling, draw
+from ..overrides import apply_overrides
 
 
 @dataclass
@@ -24,15 +25,16 @@ class ChosenOneMethod:
     """`preset` settings; prompts "subject context" become "a <token> context" once an identity exists."""
 
     def __init__(self, preset_name: str, embedder, run_root: Path, class_word: str = "blob",
-                 identity_prompt: str = "a {}", **overrides):
+                 identity_prompt: str = "a {}", overrides: dict | None = None):
         self.name = f"chosen-one-{preset_name}"
         self.preset_name, self.embedder, self.run_root = preset_name, embedder, Path(run_root)
-        self.class_word, self.identity_prompt, self.overrides = class_word, identity_prompt, overrides
+        self.class_word, self.identity_prompt, self.overrides = class_word, identity_prompt, overrides or {}
         self.rounds: list[int] = []
 
     def prepare(self, backend, character, seed):
         settings = preset(self.preset_name, character.subject, self.class_word, self.identity_prompt,
-                          size=(32, 32), seed=seed, token_name=f"<hero{seed}>", **self.overrides)
+                          size=(32, 32), seed=seed, token_name=f"<hero{seed}>")
+        settings = apply_overrides(settings, self.overrides)
         run_dir = self.run_root / self.name / f"seed{seed}"
         result = run_chosen_one(backend, settings, lambda images: embed_images(self.embedder, images), run_dir)
         self.rounds.append(len(result.rounds))

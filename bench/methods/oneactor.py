@@ -8,6 +8,7 @@ from ...core.oneactor.guidance import ClusterGuidance, draw_identity
 from ...core.oneactor.identity import OneActorIdentity, make_identity
 from ...core.oneactor.tuning import OneActorTuning, ProposalSet, tune_projector
 from ...core.proposals import ProposalSettings, generate_proposals
+from ..overrides import apply_overrides
 
 
 @dataclass
@@ -21,8 +22,10 @@ class OneActorRecipe:
 
 
 class OneActorMethod:
-    def __init__(self, name: str = "oneactor", base_word: str = "blob", recipe: OneActorRecipe | None = None):
-        self.name, self.base_word, self.recipe = name, base_word, recipe or OneActorRecipe()
+    def __init__(self, name: str = "oneactor", base_word: str = "blob", recipe: OneActorRecipe | None = None,
+                 overrides: dict | None = None):
+        self.name, self.base_word = name, base_word
+        self.recipe = apply_overrides(recipe or OneActorRecipe(), overrides or {})
 
     def prepare(self, backend, character, seed) -> OneActorIdentity:
         r = self.recipe
