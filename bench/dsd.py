@@ -147,9 +147,9 @@ def _row(name: str, scores: dict) -> str:
             + " |")
 
 
-def report(mined: dict, seconds: dict, baseline: dict, dsd: dict, bench: DSDBench, n_images: int) -> str:
+def report(model: str, mined: dict, seconds: dict, baseline: dict, dsd: dict, bench: DSDBench, n_images: int) -> str:
     lines = [
-        f"DSD in the sprite world (model `sprite-flux`), settings: {asdict(bench)}", "",
+        f"DSD in the sprite world (model `{model}`), settings: {asdict(bench)}", "",
         "| pair mining | value |", "|---|---|",
         f"| grids | {mined['grids']} |",
         f"| grids showing one identity in all four panels | {mined['grid_consistency']:.1%} |",
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     sheet = torch.cat([torch.cat([test.references[n:n + 1], frames[n * bench.contexts:(n + 1) * bench.contexts]])
                        for n in range(min(8, bench.references))])
     save_png(contact_sheet(sheet, columns=bench.contexts + 1, scale=3), out / "dsd_contact_sheet.png")
-    table = report(mined, seconds, baseline, dsd, bench, len(targets))
+    table = report(args.model, mined, seconds, baseline, dsd, bench, len(targets))
     (out / "results.md").write_text(table)
     (out / "results.json").write_text(json.dumps({"mined": mined, "seconds": seconds, "baseline": baseline,
                                                   "dsd": dsd, "losses": losses[::10]}, indent=1))
