@@ -188,17 +188,19 @@ def run_dsd_sample(args) -> int:
 
     from .core.dsd.convert import load_converted
     from .core.dsd.generate import generate_two_frame
+    from .core.dsd.guidance import TrueCFG
     from .core.dsd.two_frame import new_c_embedder
     from .core.images import contact_sheet, pil_to_tensor, save_png
 
     backend = load_model(args.model, args.device)
     parts = load_converted(args.dsd)
-    c_embedder = new_c_embedder(backend.transformer)
+    c_embedder = new_c_embedder(backend.image_embedder())
     c_embedder.load_state_dict(parts["c_embedder"])
     reference = pil_to_tensor(Image.open(args.reference))[None]
     frames = generate_two_frame(backend, c_embedder, parts["lora"], args.rank, float(args.rank),
                                 reference.expand(len(args.prompt), -1, -1, -1), args.prompt,
-                                [args.seed + i for i in range(len(args.prompt))], args.size, args.steps, args.cfg)
+                                [args.seed + i for i in range(len(args.prompt))], args.size, args.steps,
+                                TrueCFG(args.image_guidance, args.text_guidance), args.negative)
     save_png(contact_sheet(frames, labels=args.prompt, scale=args.sheet_scale), Path(args.out) / "frames.png")
     return 0
 
@@ -241,7 +243,10 @@ def add_dsd(commands) -> None:
     sample.add_argument("--reference", required=True, help="an image of the subject")
     sample.add_argument("--prompt", nargs="+", default=["a blob at night, on the left"])
     sample.add_argument("--rank", type=int, default=16)
-    sample.add_argument("--cfg", type=float, default=1.0)
+    sample.add_argument("--image-guidance", type=float, default=1.0,
+                        help="true-CFG image scale s_i from the 2nd step (1 with --text-guidance 1 = off, DSD default)")
+    sample.add_argument("--text-guidance", type=float, default=1.0, help="true-CFG text scale s_t")
+    sample.add_argument("--negative", default="", help="negative prompt of true CFG")
     sample.add_argument("--sheet-scale", type=int, default=4)
     sample.add_argument("--out", default="out/dsd-sample")
     sample.set_defaults(run=run_dsd_sample)

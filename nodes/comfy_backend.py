@@ -20,6 +20,9 @@ from ..core.interface import Conditioning, DiffusionBackend, ProtagonistError, T
 from ..core.schedules import NoiseSchedule
 from .convert import images_to_comfy, images_to_core
 
+# LoRA targets of ComfyUI's FLUX: the fused qkv and output projections of the double blocks' image and text
+# attention, and the single blocks' fused input (qkv + MLP in) and output (projection + MLP out) layers.
+COMFY_FLUX_ATTENTION = ("img_attn.qkv", "img_attn.proj", "txt_attn.qkv", "txt_attn.proj", "linear1", "linear2")
 # Our encoder keys → ComfyUI's tokenizer / text-encoder keys.
 COMFY_TEXT_KEYS = {"clip_l": "l", "clip_g": "g", "t5": "t5xxl"}
 MARKER = "protagonistmarker"
@@ -87,6 +90,8 @@ class ComfySchedule(NoiseSchedule):
 
 class ComfyBackend(DiffusionBackend):
     """SDXL or FLUX from a ComfyUI MODEL (ModelPatcher) with its CLIP and VAE (either may be None)."""
+
+    predicts_in_list_order = False  # calc_cond_batch groups and reorders the conditionings of a batch
 
     def __init__(self, model, clip=None, vae=None):
         # Our own clone: temporary patches (feature capture) never reach the caller's MODEL.
@@ -167,6 +172,14 @@ class ComfyBackend(DiffusionBackend):
         if self.family == "flux" and kind in ("double_blocks", "single_blocks") and index.isdigit():
             return getattr(self.denoiser, kind)[int(index)]
         raise ValueError(f"unknown feature point {point!r} for {self.family}")
+
+    def image_embedder(self) -> torch.nn.Module:
+        if self.family != "flux":
+            return super().image_embedder()
+        return self.denoiser.img_in
+
+    def lora_targets(self) -> tuple[str, ...]:
+        return COMFY_FLUX_ATTENTION if self.family == "flux" else super().lora_targets()
 
     @contextlib.contextmanager
     def session(self):
