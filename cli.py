@@ -168,25 +168,23 @@ def run_dsd_make_pairs(args) -> int:
 
 
 def run_dsd_train(args) -> int:
-    from .core.checkpoint import atomic_save_tensors
+    from .core.dsd.convert import diffusers_lora, save_trained
     from .core.dsd.training import TwoFrameTraining, train_two_frame
 
     backend = load_model(args.model, args.device)
     settings = TwoFrameTraining(steps=args.steps, batch_size=args.batch, rank=args.rank, alpha=args.rank,
                                 lr=args.lr, side=args.size, seed=args.seed)
     c_embedder, lora, losses = train_two_frame(backend, args.pairs, Path(args.out) / "run", settings)
-    tensors = {f"c_embedder.{k}": v for k, v in c_embedder.state_dict().items()}
-    tensors.update({f"lora.{k}": v for k, v in lora.items()})
-    atomic_save_tensors(tensors, Path(args.out) / "dsd.safetensors",
-                        {"format": "protagonist.dsd.converted/1", "rank": str(args.rank)})
-    logging.info("final loss %.4f; wrote %s", losses[-1], Path(args.out) / "dsd.safetensors")
+    path = save_trained(Path(args.out) / "dsd.safetensors", c_embedder, diffusers_lora(lora, settings.alpha),
+                        {"rank": str(args.rank), "alpha": str(settings.alpha)})
+    logging.info("final loss %.4f; wrote %s", losses[-1], path)
     return 0
 
 
 def run_dsd_sample(args) -> int:
     from PIL import Image
 
-    from .core.dsd.convert import load_converted
+    from .core.dsd.convert import load_converted, peft_lora
     from .core.dsd.generate import generate_two_frame
     from .core.dsd.guidance import TrueCFG
     from .core.dsd.two_frame import new_c_embedder
@@ -197,7 +195,8 @@ def run_dsd_sample(args) -> int:
     c_embedder = new_c_embedder(backend.image_embedder())
     c_embedder.load_state_dict(parts["c_embedder"])
     reference = pil_to_tensor(Image.open(args.reference))[None]
-    frames = generate_two_frame(backend, c_embedder, parts["lora"], args.rank, float(args.rank),
+    lora, alpha = peft_lora(parts["lora"])
+    frames = generate_two_frame(backend, c_embedder, lora, args.rank, alpha or float(args.rank),
                                 reference.expand(len(args.prompt), -1, -1, -1), args.prompt,
                                 [args.seed + i for i in range(len(args.prompt))], args.size, args.steps,
                                 TrueCFG(args.image_guidance, args.text_guidance), args.negative)

@@ -165,6 +165,11 @@ class ComfyBackend(DiffusionBackend):
     def denoiser(self) -> torch.nn.Module:
         return self.model.model.diffusion_model
 
+    @property
+    def device(self) -> torch.device:
+        """Where ComfyUI runs the model (its weights may sit on the offload device until a session loads them)."""
+        return torch.device(self.model.load_device)
+
     def feature_module(self, point: str) -> torch.nn.Module:
         if self.family == "sdxl" and point == "mid_block":
             return self.denoiser.middle_block
@@ -227,6 +232,9 @@ class ComfyBackend(DiffusionBackend):
         Weights loaded under ComfyUI's inference mode get normal copies (same values). ComfyUI's CLIP
         layers add residuals in place, which autograd cannot differentiate through; while training,
         each layer *instance* of this CLIP gets an out-of-place forward, removed afterwards.
+        ComfyUI's FLUX blocks also add residuals in place (`x += …`) to tensors autograd saved; for FLUX,
+        every activation autograd saves is snapshotted at that moment (weights are not copied), so the
+        later in-place update cannot invalidate it and gradients stay exact.
         """
         modules = [self.denoiser] + ([self.clip.cond_stage_model] if self.clip is not None else [])
         for module in modules:
@@ -236,8 +244,11 @@ class ComfyBackend(DiffusionBackend):
         layers = [m for m in modules[1:] for m in m.modules() if type(m).__name__ == "CLIPLayer"]
         for layer in layers:
             layer.forward = _out_of_place_clip_layer(layer)
+        snapshots = (torch.autograd.graph.saved_tensors_hooks(_snapshot, _unpack) if self.family == "flux"
+                     else contextlib.nullcontext())
         try:
-            yield
+            with snapshots:
+                yield
         finally:
             for layer in layers:
                 del layer.forward
@@ -293,6 +304,15 @@ class ComfyBackend(DiffusionBackend):
     def decode_latents(self, latents):
         raw = self.model.model.process_latent_out(latents.to(torch.float32))
         return images_to_core(self._require_vae().decode(raw))
+
+
+def _snapshot(tensor: torch.Tensor) -> torch.Tensor:
+    """Saved-tensor pack hook: a private copy of an activation (leaves — weights, inputs — are kept as they are)."""
+    return tensor.clone() if tensor.grad_fn is not None else tensor
+
+
+def _unpack(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
 
 
 def _out_of_place_clip_layer(layer):

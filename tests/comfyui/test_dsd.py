@@ -91,3 +91,29 @@ def test_sampler_node_runs_any_sampler_and_names_a_missing_negative(flux_pair, c
     assert canvas.shape == (1, 32, 64, 3)
     with pytest.raises(ValueError, match="needs the `negative` input"):  # the pack's own ProtagonistError
         node.execute(model, vae, dsd, reference, positive, 3, 2, 1.0, 2.0, "euler", "simple", 32, False)
+
+
+def test_training_gradients_through_comfyui_flux_match_diffusers(flux_pair):
+    """ComfyUI's FLUX adds residuals in place; the trainable() snapshots keep its gradients exact."""
+    import copy
+
+    from protagonist.core.adapters import frozen
+    from protagonist.core.dsd.two_frame import conditioned
+
+    ours, c_embedder, _, model, vae = flux_pair
+    theirs = pack_module("nodes.comfy_backend").ComfyBackend(model, None, vae)
+    reference = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(8))
+    x = torch.randn(2, 4, 8, 16, generator=torch.Generator().manual_seed(9))
+    sigma = torch.tensor([0.3, 0.8])
+    with torch.no_grad():
+        cond = ours.encode_prompts(["a blob at night", "a blob"])
+    grads = []
+    for backend in (ours, theirs):
+        trained = copy.deepcopy(c_embedder)
+        tokens = condition_tokens(backend, reference, 32)
+        with backend.trainable(), backend.session(), frozen(backend.denoiser), torch.enable_grad(), \
+                conditioned(backend.image_embedder(), trained, tokens):
+            backend.raw_predict(x, sigma, cond).pow(2).mean().backward()
+        grads.append(trained.weight.grad)
+    assert grads[0].abs().max() > 0
+    assert (grads[0] - grads[1]).abs().max() <= 1e-4 * grads[0].abs().max()
