@@ -155,6 +155,11 @@ def run_dsd_make_pairs(args) -> int:
     from .core.embedding import embed_images
     from .core.proposals import ProposalSettings
 
+    judge = None
+    if args.judge:  # loaded first: a missing judge fails before the generator is loaded
+        from .core.dsd.judge import load_judge
+
+        judge = load_judge(args.judge, args.device, max_new_tokens=args.judge_tokens)
     backend = load_model(args.model, args.device)
     embedder = load_embedder(args.dinov2, args.device)
     scenes = [line.strip() for line in Path(args.scenes).read_text().splitlines() if line.strip()]
@@ -162,7 +167,7 @@ def run_dsd_make_pairs(args) -> int:
     sampling = ProposalSettings(count=1, seed=args.seed, steps=args.steps, cfg=args.cfg, height=2 * args.size,
                                 width=2 * args.size)
     summary = mine_pairs(backend, prompts, args.out, lambda images: embed_images(embedder, images),
-                         PairMining(threshold=args.threshold, sampling=sampling))
+                         PairMining(threshold=args.threshold, sampling=sampling), judge=judge)
     logging.info("%s", summary)
     return 0
 
@@ -230,6 +235,10 @@ def add_dsd(commands) -> None:
     pairs.add_argument("--cfg", type=float, default=1.0)
     pairs.add_argument("--threshold", type=float, default=0.8)
     pairs.add_argument("--dinov2", default="sprite")
+    pairs.add_argument("--judge", default=None,
+                       help="a local vision-language model folder or hub id (transformers) that re-checks every "
+                            "pair with DSD's three-step reasoning; off by default")
+    pairs.add_argument("--judge-tokens", type=int, default=160, help="reply length limit of the judge")
     pairs.add_argument("--out", default="out/dsd-pairs")
     pairs.set_defaults(run=run_dsd_make_pairs)
     train.add_argument("--pairs", required=True)
