@@ -16,9 +16,23 @@ from ..core.dsd.grids import filter_pairs, ordered_pairs, split_grid
 from ..core.interface import ProtagonistError
 from .chosen_one import Embeddings
 from .convert import images_to_comfy, images_to_core
-from .model_folders import PROTAGONIST_FOLDER
+from .model_folders import PROTAGONIST_FOLDER, VLM_FOLDER, model_source
 
 DSDWeights = io.Custom("PROTAGONIST_DSD")
+_JUDGES: dict = {}  # explicit module-level cache of the one loaded VLM judge (nodes hold no state)
+
+
+def cached_judge(name: str):
+    """The VLM judge named by a models/vlm folder, a path or a hub id; the previous one is dropped."""
+    source = model_source(name, VLM_FOLDER)
+    if source not in _JUDGES:
+        import comfy.model_management
+
+        from ..core.dsd.judge import load_judge
+
+        _JUDGES.clear()
+        _JUDGES[source] = load_judge(source, comfy.model_management.get_torch_device())
+    return _JUDGES[source]
 
 
 class GridPairSplitter(io.ComfyNode):
@@ -63,19 +77,29 @@ class PairFilter(io.ComfyNode):
                 io.String.Input("pairs", tooltip="The pairs from Grid Pair Splitter."),
                 io.Float.Input("threshold", default=0.8, min=-1.0, max=1.0, step=0.01,
                                tooltip="Minimum cosine similarity of a kept pair."),
+                io.String.Input("judge", default="",
+                                tooltip="Optional: a vision-language model (folder in models/vlm, a path or a hub "
+                                        "id) that re-checks each similar pair with DSD's three-step reasoning. "
+                                        "Empty = off."),
             ],
             outputs=[io.Image.Output(display_name="references"), io.Image.Output(display_name="targets"),
                      io.String.Output(display_name="report")],
         )
 
     @classmethod
-    def execute(cls, panels, embeddings, pairs, threshold) -> io.NodeOutput:
+    def execute(cls, panels, embeddings, pairs, threshold, judge="") -> io.NodeOutput:
         pairs = [tuple(p) for p in json.loads(pairs)]
         kept, similarity = filter_pairs(embeddings, pairs, threshold)
+        similar = len(kept)
+        if kept and judge.strip():
+            kept, _ = cached_judge(judge.strip()).filter(images_to_core(panels), kept)
         if not kept:
-            raise ProtagonistError(f"all {len(pairs)} pairs were rejected at threshold {threshold} "
+            by_judge = f", {similar} of them by the VLM judge" if similar else ""
+            raise ProtagonistError(f"all {len(pairs)} pairs were rejected at threshold {threshold}{by_judge} "
                                    f"(best similarity {max(similarity):.3f}); lower the threshold")
         report = f"kept {len(kept)} of {len(pairs)} pairs at threshold {threshold}"
+        if judge.strip():
+            report += f"; the judge rejected {similar - len(kept)} of the {similar} similar pairs"
         return io.NodeOutput(panels[[i for i, _ in kept]], panels[[j for _, j in kept]], report)
 
 

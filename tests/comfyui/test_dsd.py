@@ -117,3 +117,27 @@ def test_training_gradients_through_comfyui_flux_match_diffusers(flux_pair):
         grads.append(trained.weight.grad)
     assert grads[0].abs().max() > 0
     assert (grads[0] - grads[1]).abs().max() <= 1e-4 * grads[0].abs().max()
+
+
+def test_pair_filter_asks_the_judge_after_the_threshold(comfy_nodes):
+    import json
+
+    dsd_nodes = pack_module("nodes.dsd")
+
+    class BrightOnly:  # stands in for a VLM: "the same" when both panels are bright
+        def filter(self, panels, pairs):
+            return [(i, j) for i, j in pairs if panels[i].mean() > 0.5 and panels[j].mean() > 0.5], {}
+
+    panels = torch.cat([torch.ones(2, 8, 8, 3), torch.zeros(2, 8, 8, 3)])
+    pairs = json.dumps([[i, j] for i in range(4) for j in range(4) if i != j])
+    node = comfy_nodes.NODE_CLASS_MAPPINGS["Protagonist_PairFilter"]
+    dsd_nodes._JUDGES.clear()
+    dsd_nodes._JUDGES["bright-judge"] = BrightOnly()
+    try:
+        references, targets, report = node.execute(panels, torch.ones(4, 5), pairs, 0.5, "bright-judge").result
+    finally:
+        dsd_nodes._JUDGES.clear()
+    assert references.shape[0] == targets.shape[0] == 2 and float(references.min()) == 1.0
+    assert "the judge rejected 10 of the 12 similar pairs" in report
+    unjudged = node.execute(panels, torch.ones(4, 5), pairs, 0.5).result[0]
+    assert unjudged.shape[0] == 12
