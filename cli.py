@@ -155,6 +155,11 @@ def run_dsd_make_pairs(args) -> int:
     from .core.embedding import embed_images
     from .core.proposals import ProposalSettings
 
+    judge = None
+    if args.judge:  # loaded first: a missing judge fails before the generator is loaded
+        from .core.dsd.judge import load_judge
+
+        judge = load_judge(args.judge, args.device, max_new_tokens=args.judge_tokens)
     backend = load_model(args.model, args.device)
     embedder = load_embedder(args.dinov2, args.device)
     scenes = [line.strip() for line in Path(args.scenes).read_text().splitlines() if line.strip()]
@@ -162,43 +167,44 @@ def run_dsd_make_pairs(args) -> int:
     sampling = ProposalSettings(count=1, seed=args.seed, steps=args.steps, cfg=args.cfg, height=2 * args.size,
                                 width=2 * args.size)
     summary = mine_pairs(backend, prompts, args.out, lambda images: embed_images(embedder, images),
-                         PairMining(threshold=args.threshold, sampling=sampling))
+                         PairMining(threshold=args.threshold, sampling=sampling), judge=judge)
     logging.info("%s", summary)
     return 0
 
 
 def run_dsd_train(args) -> int:
-    from .core.checkpoint import atomic_save_tensors
+    from .core.dsd.convert import diffusers_lora, save_trained
     from .core.dsd.training import TwoFrameTraining, train_two_frame
 
     backend = load_model(args.model, args.device)
     settings = TwoFrameTraining(steps=args.steps, batch_size=args.batch, rank=args.rank, alpha=args.rank,
                                 lr=args.lr, side=args.size, seed=args.seed)
     c_embedder, lora, losses = train_two_frame(backend, args.pairs, Path(args.out) / "run", settings)
-    tensors = {f"c_embedder.{k}": v for k, v in c_embedder.state_dict().items()}
-    tensors.update({f"lora.{k}": v for k, v in lora.items()})
-    atomic_save_tensors(tensors, Path(args.out) / "dsd.safetensors",
-                        {"format": "protagonist.dsd.converted/1", "rank": str(args.rank)})
-    logging.info("final loss %.4f; wrote %s", losses[-1], Path(args.out) / "dsd.safetensors")
+    path = save_trained(Path(args.out) / "dsd.safetensors", c_embedder, diffusers_lora(lora, settings.alpha),
+                        {"rank": str(args.rank), "alpha": str(settings.alpha)})
+    logging.info("final loss %.4f; wrote %s", losses[-1], path)
     return 0
 
 
 def run_dsd_sample(args) -> int:
     from PIL import Image
 
-    from .core.dsd.convert import load_converted
+    from .core.dsd.convert import load_converted, peft_lora
     from .core.dsd.generate import generate_two_frame
+    from .core.dsd.guidance import TrueCFG
     from .core.dsd.two_frame import new_c_embedder
     from .core.images import contact_sheet, pil_to_tensor, save_png
 
     backend = load_model(args.model, args.device)
     parts = load_converted(args.dsd)
-    c_embedder = new_c_embedder(backend.transformer)
+    c_embedder = new_c_embedder(backend.image_embedder())
     c_embedder.load_state_dict(parts["c_embedder"])
     reference = pil_to_tensor(Image.open(args.reference))[None]
-    frames = generate_two_frame(backend, c_embedder, parts["lora"], args.rank, float(args.rank),
+    lora, alpha = peft_lora(parts["lora"])
+    frames = generate_two_frame(backend, c_embedder, lora, args.rank, alpha or float(args.rank),
                                 reference.expand(len(args.prompt), -1, -1, -1), args.prompt,
-                                [args.seed + i for i in range(len(args.prompt))], args.size, args.steps, args.cfg)
+                                [args.seed + i for i in range(len(args.prompt))], args.size, args.steps,
+                                TrueCFG(args.image_guidance, args.text_guidance), args.negative)
     save_png(contact_sheet(frames, labels=args.prompt, scale=args.sheet_scale), Path(args.out) / "frames.png")
     return 0
 
@@ -229,6 +235,10 @@ def add_dsd(commands) -> None:
     pairs.add_argument("--cfg", type=float, default=1.0)
     pairs.add_argument("--threshold", type=float, default=0.8)
     pairs.add_argument("--dinov2", default="sprite")
+    pairs.add_argument("--judge", default=None,
+                       help="a local vision-language model folder or hub id (transformers) that re-checks every "
+                            "pair with DSD's three-step reasoning; off by default")
+    pairs.add_argument("--judge-tokens", type=int, default=160, help="reply length limit of the judge")
     pairs.add_argument("--out", default="out/dsd-pairs")
     pairs.set_defaults(run=run_dsd_make_pairs)
     train.add_argument("--pairs", required=True)
@@ -241,7 +251,10 @@ def add_dsd(commands) -> None:
     sample.add_argument("--reference", required=True, help="an image of the subject")
     sample.add_argument("--prompt", nargs="+", default=["a blob at night, on the left"])
     sample.add_argument("--rank", type=int, default=16)
-    sample.add_argument("--cfg", type=float, default=1.0)
+    sample.add_argument("--image-guidance", type=float, default=1.0,
+                        help="true-CFG image scale s_i from the 2nd step (1 with --text-guidance 1 = off, DSD default)")
+    sample.add_argument("--text-guidance", type=float, default=1.0, help="true-CFG text scale s_t")
+    sample.add_argument("--negative", default="", help="negative prompt of true CFG")
     sample.add_argument("--sheet-scale", type=int, default=4)
     sample.add_argument("--out", default="out/dsd-sample")
     sample.set_defaults(run=run_dsd_sample)

@@ -106,6 +106,7 @@ class DiffusionBackend(ABC):
       schedule: the model's :class:`NoiseSchedule` (sigma convention, x0 predictions).
       latent_channels, vae_scale: latent channels and pixels per latent cell.
       text_encoder_keys: the keys of :class:`TokenEmbedding` vectors, e.g. ("clip_l", "clip_g").
+      predicts_in_list_order: see below.
     """
 
     family: str
@@ -113,6 +114,9 @@ class DiffusionBackend(ABC):
     latent_channels: int
     vae_scale: int
     text_encoder_keys: tuple[str, ...]
+    # Whether `predict` runs its conditionings batched in list order; hooks that treat batch entries
+    # differently (the two-frame image switch) rely on it.
+    predicts_in_list_order: bool = True
 
     # -- text --------------------------------------------------------------------------------
     @abstractmethod
@@ -150,6 +154,19 @@ class DiffusionBackend(ABC):
     @abstractmethod
     def feature_module(self, point: str) -> torch.nn.Module:
         """The submodule whose forward *input* is the named feature point (e.g. "mid_block")."""
+
+    def image_embedder(self) -> torch.nn.Module:
+        """The layer that embeds the packed image tokens (FLUX: `x_embedder` / `img_in`).
+
+        Two-frame conditioning (DSD) adds its `c_embedder` output to this layer's output.
+        """
+        raise ProtagonistError(f"{self.family} has no image-token embedding: two-frame conditioning needs FLUX")
+
+    def lora_targets(self) -> tuple[str, ...]:
+        """Name suffixes of the denoiser's attention layers that LoRA adapts (they differ per implementation)."""
+        from .adapters import ATTENTION_TARGETS
+
+        return ATTENTION_TARGETS
 
     @abstractmethod
     def raw_predict(self, x: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:

@@ -20,6 +20,9 @@ from ..core.interface import Conditioning, DiffusionBackend, ProtagonistError, T
 from ..core.schedules import NoiseSchedule
 from .convert import images_to_comfy, images_to_core
 
+# LoRA targets of ComfyUI's FLUX: the fused qkv and output projections of the double blocks' image and text
+# attention, and the single blocks' fused input (qkv + MLP in) and output (projection + MLP out) layers.
+COMFY_FLUX_ATTENTION = ("img_attn.qkv", "img_attn.proj", "txt_attn.qkv", "txt_attn.proj", "linear1", "linear2")
 # Our encoder keys → ComfyUI's tokenizer / text-encoder keys.
 COMFY_TEXT_KEYS = {"clip_l": "l", "clip_g": "g", "t5": "t5xxl"}
 MARKER = "protagonistmarker"
@@ -87,6 +90,8 @@ class ComfySchedule(NoiseSchedule):
 
 class ComfyBackend(DiffusionBackend):
     """SDXL or FLUX from a ComfyUI MODEL (ModelPatcher) with its CLIP and VAE (either may be None)."""
+
+    predicts_in_list_order = False  # calc_cond_batch groups and reorders the conditionings of a batch
 
     def __init__(self, model, clip=None, vae=None):
         # Our own clone: temporary patches (feature capture) never reach the caller's MODEL.
@@ -160,6 +165,11 @@ class ComfyBackend(DiffusionBackend):
     def denoiser(self) -> torch.nn.Module:
         return self.model.model.diffusion_model
 
+    @property
+    def device(self) -> torch.device:
+        """Where ComfyUI runs the model (its weights may sit on the offload device until a session loads them)."""
+        return torch.device(self.model.load_device)
+
     def feature_module(self, point: str) -> torch.nn.Module:
         if self.family == "sdxl" and point == "mid_block":
             return self.denoiser.middle_block
@@ -167,6 +177,14 @@ class ComfyBackend(DiffusionBackend):
         if self.family == "flux" and kind in ("double_blocks", "single_blocks") and index.isdigit():
             return getattr(self.denoiser, kind)[int(index)]
         raise ValueError(f"unknown feature point {point!r} for {self.family}")
+
+    def image_embedder(self) -> torch.nn.Module:
+        if self.family != "flux":
+            return super().image_embedder()
+        return self.denoiser.img_in
+
+    def lora_targets(self) -> tuple[str, ...]:
+        return COMFY_FLUX_ATTENTION if self.family == "flux" else super().lora_targets()
 
     @contextlib.contextmanager
     def session(self):
@@ -214,6 +232,9 @@ class ComfyBackend(DiffusionBackend):
         Weights loaded under ComfyUI's inference mode get normal copies (same values). ComfyUI's CLIP
         layers add residuals in place, which autograd cannot differentiate through; while training,
         each layer *instance* of this CLIP gets an out-of-place forward, removed afterwards.
+        ComfyUI's FLUX blocks also add residuals in place (`x += …`) to tensors autograd saved; for FLUX,
+        every activation autograd saves is snapshotted at that moment (weights are not copied), so the
+        later in-place update cannot invalidate it and gradients stay exact.
         """
         modules = [self.denoiser] + ([self.clip.cond_stage_model] if self.clip is not None else [])
         for module in modules:
@@ -223,8 +244,11 @@ class ComfyBackend(DiffusionBackend):
         layers = [m for m in modules[1:] for m in m.modules() if type(m).__name__ == "CLIPLayer"]
         for layer in layers:
             layer.forward = _out_of_place_clip_layer(layer)
+        snapshots = (torch.autograd.graph.saved_tensors_hooks(_snapshot, _unpack) if self.family == "flux"
+                     else contextlib.nullcontext())
         try:
-            yield
+            with snapshots:
+                yield
         finally:
             for layer in layers:
                 del layer.forward
@@ -280,6 +304,15 @@ class ComfyBackend(DiffusionBackend):
     def decode_latents(self, latents):
         raw = self.model.model.process_latent_out(latents.to(torch.float32))
         return images_to_core(self._require_vae().decode(raw))
+
+
+def _snapshot(tensor: torch.Tensor) -> torch.Tensor:
+    """Saved-tensor pack hook: a private copy of an activation (leaves — weights, inputs — are kept as they are)."""
+    return tensor.clone() if tensor.grad_fn is not None else tensor
+
+
+def _unpack(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
 
 
 def _out_of_place_clip_layer(layer):

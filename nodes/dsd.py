@@ -1,27 +1,38 @@
-"""Diffusion Self-Distillation as ComfyUI nodes: grid splitting, pair filtering, the native two-frame sampler."""
+"""Diffusion Self-Distillation as ComfyUI nodes: grid splitting, pair filtering, loading DSD weights.
+
+The native two-frame sampler is in `dsd_sampler.py`, the trainer in `dsd_training.py`.
+"""
 
 from __future__ import annotations
 
 import json
 
-import comfy.model_management
-import comfy.sample
-import comfy.samplers
-import comfy.sd
 import folder_paths
 import torch
 from comfy_api.v0_0_2 import io
-from einops import rearrange
 
 from ..core.dsd.convert import load_converted
 from ..core.dsd.grids import filter_pairs, ordered_pairs, split_grid
-from ..core.dsd.two_frame import reference_canvas
 from ..core.interface import ProtagonistError
 from .chosen_one import Embeddings
 from .convert import images_to_comfy, images_to_core
-from .model_folders import PROTAGONIST_FOLDER
+from .model_folders import PROTAGONIST_FOLDER, VLM_FOLDER, model_source
 
 DSDWeights = io.Custom("PROTAGONIST_DSD")
+_JUDGES: dict = {}  # explicit module-level cache of the one loaded VLM judge (nodes hold no state)
+
+
+def cached_judge(name: str):
+    """The VLM judge named by a models/vlm folder, a path or a hub id; the previous one is dropped."""
+    source = model_source(name, VLM_FOLDER)
+    if source not in _JUDGES:
+        import comfy.model_management
+
+        from ..core.dsd.judge import load_judge
+
+        _JUDGES.clear()
+        _JUDGES[source] = load_judge(source, comfy.model_management.get_torch_device())
+    return _JUDGES[source]
 
 
 class GridPairSplitter(io.ComfyNode):
@@ -66,19 +77,29 @@ class PairFilter(io.ComfyNode):
                 io.String.Input("pairs", tooltip="The pairs from Grid Pair Splitter."),
                 io.Float.Input("threshold", default=0.8, min=-1.0, max=1.0, step=0.01,
                                tooltip="Minimum cosine similarity of a kept pair."),
+                io.String.Input("judge", default="",
+                                tooltip="Optional: a vision-language model (folder in models/vlm, a path or a hub "
+                                        "id) that re-checks each similar pair with DSD's three-step reasoning. "
+                                        "Empty = off."),
             ],
             outputs=[io.Image.Output(display_name="references"), io.Image.Output(display_name="targets"),
                      io.String.Output(display_name="report")],
         )
 
     @classmethod
-    def execute(cls, panels, embeddings, pairs, threshold) -> io.NodeOutput:
+    def execute(cls, panels, embeddings, pairs, threshold, judge="") -> io.NodeOutput:
         pairs = [tuple(p) for p in json.loads(pairs)]
         kept, similarity = filter_pairs(embeddings, pairs, threshold)
+        similar = len(kept)
+        if kept and judge.strip():
+            kept, _ = cached_judge(judge.strip()).filter(images_to_core(panels), kept)
         if not kept:
-            raise ProtagonistError(f"all {len(pairs)} pairs were rejected at threshold {threshold} "
+            by_judge = f", {similar} of them by the VLM judge" if similar else ""
+            raise ProtagonistError(f"all {len(pairs)} pairs were rejected at threshold {threshold}{by_judge} "
                                    f"(best similarity {max(similarity):.3f}); lower the threshold")
         report = f"kept {len(kept)} of {len(pairs)} pairs at threshold {threshold}"
+        if judge.strip():
+            report += f"; the judge rejected {similar - len(kept)} of the {similar} similar pairs"
         return io.NodeOutput(panels[[i for i, _ in kept]], panels[[j for _, j in kept]], report)
 
 
@@ -97,75 +118,3 @@ class LoadDSD(io.ComfyNode):
     @classmethod
     def execute(cls, file) -> io.NodeOutput:
         return io.NodeOutput(load_converted(folder_paths.get_full_path_or_raise(PROTAGONIST_FOLDER, file)))
-
-
-def c_embedder_patch(c_embedder: torch.nn.Linear, tokens: torch.Tensor):
-    """A FLUX `post_input` patch adding the reference canvas's embedding to the image tokens."""
-
-    def patch(args):
-        img = args["img"]
-        extra = c_embedder.to(img)(tokens.to(img))
-        return {**args, "img": img + extra.repeat(img.shape[0] // extra.shape[0], 1, 1)}
-
-    return patch
-
-
-def patched_flux(model, dsd: dict, vae, reference: torch.Tensor, side: int):
-    """A clone of `model` with DSD's LoRA and the reference condition, and the empty canvas latent."""
-    if type(model.model).__name__ != "Flux":
-        raise ProtagonistError(f"the two-frame sampler needs a FLUX model, got {type(model.model).__name__}")
-    weight = dsd["c_embedder"]["weight"]
-    if weight.shape[1] != model.model.diffusion_model.img_in.in_features:
-        raise ProtagonistError(f"this DSD file's c_embedder takes {weight.shape[1]} channels but the model's "
-                               f"image input takes {model.model.diffusion_model.img_in.in_features}: wrong file")
-    c_embedder = torch.nn.Linear(weight.shape[1], weight.shape[0])
-    c_embedder.load_state_dict(dsd["c_embedder"])
-    canvas = reference_canvas(reference, side)
-    latents = model.model.process_latent_in(vae.encode(images_to_comfy(canvas)).to(torch.float32))
-    tokens = rearrange(latents, "b c (h ph) (w pw) -> b (h w) (c ph pw)", ph=2, pw=2)
-    patched = model.clone()
-    if dsd["lora"]:
-        patched, _ = comfy.sd.load_lora_for_models(patched, None, dsd["lora"], 1.0, 0.0)
-    patched.set_model_patch(c_embedder_patch(c_embedder, tokens), "post_input")
-    return patched, torch.zeros_like(latents)
-
-
-class TwoFrameDiTSampler(io.ComfyNode):
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="Protagonist_TwoFrameDiTSampler", display_name="Two-Frame DiT Sampler (Protagonist)",
-            category="Protagonist/Diffusion Self-Distillation",
-            description="Zero-shot identity: your FLUX model draws the reference's subject in a new frame "
-                        "(DSD). Any sampler and scheduler; only the DSD file is loaded on top of your FLUX.",
-            inputs=[
-                io.Model.Input("model", tooltip="FLUX.1-dev (or the model the DSD file was trained on)."),
-                io.Vae.Input("vae", tooltip="The FLUX VAE."),
-                DSDWeights.Input("dsd", tooltip="From Load DSD Weights."),
-                io.Image.Input("reference", tooltip="The subject to keep; resized to side × side."),
-                io.Conditioning.Input("positive", tooltip="The new frame's prompt (FLUX guidance 3.5 recommended)."),
-                io.Conditioning.Input("negative", tooltip="Used only when cfg > 1."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, tooltip="Noise seed."),
-                io.Int.Input("steps", default=28, min=1, max=200, tooltip="Denoising steps (DSD: 28)."),
-                io.Float.Input("cfg", default=1.0, min=0.0, max=30.0, step=0.1,
-                               tooltip="1 = distilled guidance only (DSD default)."),
-                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler",
-                               tooltip="Any ComfyUI sampler."),
-                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="simple",
-                               tooltip="Any ComfyUI scheduler."),
-                io.Int.Input("side", default=512, min=64, max=2048, step=16,
-                             tooltip="Frame size; DSD works best at 512."),
-                io.Boolean.Input("whole_canvas", default=False, tooltip="Output both frames side by side."),
-            ],
-            outputs=[io.Image.Output(display_name="image")],
-        )
-
-    @classmethod
-    def execute(cls, model, vae, dsd, reference, positive, negative, seed, steps, cfg, sampler_name, scheduler, side,
-                whole_canvas) -> io.NodeOutput:
-        patched, empty = patched_flux(model, dsd, vae, images_to_core(reference), side)
-        noise = comfy.sample.prepare_noise(empty, seed)
-        samples = comfy.sample.sample(patched, noise, steps, cfg, sampler_name, scheduler, positive, negative, empty,
-                                      seed=seed)
-        canvas = vae.decode(samples)
-        return io.NodeOutput(canvas if whole_canvas else canvas[:, :, canvas.shape[2] // 2:])

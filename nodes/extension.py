@@ -6,7 +6,9 @@ from comfy_api.v0_0_2 import ComfyExtension, io
 
 from .chosen_one import DINOv2Embed, KMeansCohesiveCluster
 from .chosen_one_training import ChosenOneLoop, LoraTITrainer
-from .dsd import GridPairSplitter, LoadDSD, PairFilter, TwoFrameDiTSampler
+from .dsd import GridPairSplitter, LoadDSD, PairFilter
+from .dsd_sampler import TwoFrameDiTSampler
+from .dsd_training import TwoFrameTrainer
 from .model_folders import register_folders
 from .oneactor import ClusterGuidedSampler, OneActorProjectorTrainer
 from .oneactor_io import LoadOneActorIdentity, OneActorSampler, SaveOneActorIdentity
@@ -19,4 +21,4 @@ class ProtagonistExtension(ComfyExtension):
         register_folders()
         return [ProposalSampler, DINOv2Embed, KMeansCohesiveCluster, LoraTITrainer, ChosenOneLoop,
                 OneActorProjectorTrainer, ClusterGuidedSampler, OneActorSampler, SaveOneActorIdentity,
-                LoadOneActorIdentity, GridPairSplitter, PairFilter, LoadDSD, TwoFrameDiTSampler]
+                LoadOneActorIdentity, GridPairSplitter, PairFilter, LoadDSD, TwoFrameDiTSampler, TwoFrameTrainer]

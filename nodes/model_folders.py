@@ -9,12 +9,12 @@ import folder_paths
 
 from ..core.interface import ProtagonistError
 
-DINOV2_FOLDER, PROTAGONIST_FOLDER = "dinov2", "protagonist"
+DINOV2_FOLDER, PROTAGONIST_FOLDER, VLM_FOLDER = "dinov2", "protagonist", "vlm"
 
 
 def register_folders() -> None:
     """Add our folders without touching any other entry (user paths from extra_model_paths stay first)."""
-    for name in (DINOV2_FOLDER, PROTAGONIST_FOLDER):
+    for name in (DINOV2_FOLDER, PROTAGONIST_FOLDER, VLM_FOLDER):
         folder_paths.add_model_folder_path(name, os.path.join(folder_paths.models_dir, name))
     extensions = folder_paths.folder_names_and_paths[PROTAGONIST_FOLDER][1]
     extensions.add(".safetensors")
@@ -22,7 +22,12 @@ def register_folders() -> None:
 
 def dinov2_source(name: str) -> str:
     """A folder name under models/dinov2, or else the text as given (a path or a hub id)."""
-    for root in folder_paths.get_folder_paths(DINOV2_FOLDER):
+    return model_source(name, DINOV2_FOLDER)
+
+
+def model_source(name: str, folder: str) -> str:
+    """A model folder (with config.json) named `name` under one of `folder`'s paths, or else `name` as given."""
+    for root in folder_paths.get_folder_paths(folder):
         candidate = Path(root) / name
         if (candidate / "config.json").exists():
             return str(candidate)

@@ -6,9 +6,11 @@ import os
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
 
 from protagonist.cli import main
+from protagonist.core.interface import ProtagonistError
 
 
 def test_help_lists_every_method():
@@ -51,3 +53,11 @@ def test_oneactor_tune_then_sample(tmp_path):
     assert main(["oneactor", "sample", *common, "--identity", str(tmp_path / "identity.safetensors"),
                  "--prompt", "a blob at night", "a blob in the snow"]) == 0
     assert Image.open(tmp_path / "samples.png").width >= 2 * 32 * 4
+
+
+def test_dsd_make_pairs_with_a_missing_judge_fails_before_any_work(tmp_path):
+    (tmp_path / "scenes.txt").write_text("at night\non a beach\nin the snow\nin a city\n")
+    with pytest.raises(ProtagonistError, match="no vision-language model"):
+        main(["dsd", "make-pairs", "--model", "tiny-flux", "--scenes", str(tmp_path / "scenes.txt"),
+              "--judge", str(tmp_path / "no-vlm"), "--out", str(tmp_path / "pairs")])
+    assert not (tmp_path / "pairs").exists()

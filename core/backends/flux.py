@@ -31,6 +31,11 @@ def image_position_ids(height: int, width: int, frame: int = 0, device=None) -> 
     return ids.reshape(-1, 3).float()
 
 
+# LoRA targets of diffusers' FLUX: the joint attention of the double blocks (image and text projections)
+# and the attention projections of the single blocks.
+FLUX_ATTENTION = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+
+
 class DiffusersFlux(DiffusersBackend):
     """FLUX components from `FluxPipeline` (or built by hand with the same roles)."""
 
@@ -82,9 +87,6 @@ class DiffusersFlux(DiffusersBackend):
             word_positions=[t.word_positions for t in t5_tokens] if word is not None else None,
         )
 
-
-
-
     # -- denoiser ----------------------------------------------------------------------------
     @property
     def denoiser(self) -> torch.nn.Module:
@@ -99,6 +101,12 @@ class DiffusersFlux(DiffusersBackend):
             raise ValueError(f"FLUX feature point must be 'double_blocks.N' or 'single_blocks.N' "
                              f"within the model's blocks, got {point!r}")
         return blocks[kind][int(index)]
+
+    def image_embedder(self) -> torch.nn.Module:
+        return self.transformer.x_embedder
+
+    def lora_targets(self) -> tuple[str, ...]:
+        return FLUX_ATTENTION
 
     def raw_predict(self, x, sigma, cond: Conditioning) -> torch.Tensor:
         x_in, timestep = self.schedule.model_input(x, sigma)

@@ -65,6 +65,39 @@ def convert_dsd(dsd_transformer: str | Path, base_transformer: str | Path, out: 
     return {"added": len(extra), "changed": changed, "lora": sum(k.startswith("lora.") for k in tensors)}
 
 
+def save_trained(path: str | Path, c_embedder: torch.nn.Module, lora: dict[str, torch.Tensor],
+                 metadata: dict[str, str] | None = None) -> Path:
+    """Write a trained two-frame model in the converted format (atomically); the path.
+
+    `lora` is already in the keys the target loader reads: ComfyUI's `diffusion_model.<module>.lora_up…`
+    (:func:`~protagonist.core.adapters.comfy_lora`) for ComfyUI's FLUX, or diffusers' `transformer.<module>…`
+    (:func:`diffusers_lora`) for a diffusers FLUX; ComfyUI's LoRA loader accepts both.
+    """
+    tensors = {f"c_embedder.{k}": v for k, v in c_embedder.state_dict().items()}
+    tensors.update({f"lora.{k}": v for k, v in lora.items()})
+    atomic_save_tensors(tensors, Path(path), {"format": FORMAT, **(metadata or {})})
+    return Path(path)
+
+
+def diffusers_lora(state: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+    """peft LoRA weights of a diffusers FLUX transformer → `transformer.<module>.lora_A/B.weight` + `.alpha`."""
+    out = {f"transformer.{k}": v for k, v in state.items()}
+    for key in state:
+        out[f"transformer.{key.rpartition('.lora_')[0]}.alpha"] = torch.tensor(float(alpha))
+    return out
+
+
+def peft_lora(lora: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], float | None]:
+    """A DSD file's LoRA as peft weights for a diffusers FLUX transformer, and its alpha if the file has one."""
+    alphas = {float(v) for k, v in lora.items() if k.endswith(".alpha")}
+    weights = {k: v for k, v in lora.items() if not k.endswith(".alpha")}
+    if any(k.startswith("diffusion_model.") or ".lora_up." in k for k in weights):
+        raise ProtagonistError("this DSD file's LoRA was trained on ComfyUI's FLUX module names; use it in ComfyUI "
+                               "(Load DSD Weights → Two-Frame DiT Sampler)")
+    peft = {k.removeprefix("transformer."): v for k, v in weights.items()}
+    return peft, (alphas.pop() if len(alphas) == 1 else None)
+
+
 def _load_all(path: Path) -> dict[str, torch.Tensor]:
     with safe_open(str(path), framework="pt") as f:
         return {k: f.get_tensor(k) for k in f.keys()}

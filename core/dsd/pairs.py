@@ -68,9 +68,25 @@ def _append(path: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def _judged(judge, panels, kept, index: int, folder: Path) -> list[tuple[int, int]]:
+    """The pairs the judge calls the same; every verdict (with its reasoning) goes to judgements.jsonl."""
+    if judge is None or not kept:
+        return kept
+    same, verdicts = judge.filter(panels, kept)
+    for (i, j), verdict in verdicts.items():
+        _append(folder / "judgements.jsonl", {"grid": index, "panels": [i, j], "same": verdict.same,
+                                              "answers": verdict.answers})
+    return same
+
+
 def mine_pairs(backend: DiffusionBackend, prompts: list[GridPrompt], folder: str | Path,
-               embed: Callable[[torch.Tensor], torch.Tensor], settings: PairMining, callback=None) -> dict:
-    """Generate, split, filter and write pairs for every grid prompt not yet done; returns the counts."""
+               embed: Callable[[torch.Tensor], torch.Tensor], settings: PairMining, callback=None,
+               judge=None) -> dict:
+    """Generate, split, filter and write pairs for every grid prompt not yet done; returns the counts.
+
+    `judge` (optional, e.g. :class:`~protagonist.core.dsd.judge.VLMJudge`) re-checks the pairs that pass the
+    similarity threshold: `judge.filter(panels, pairs)` → (kept pairs, verdicts).
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     done = _done_grids(folder)
@@ -81,7 +97,8 @@ def mine_pairs(backend: DiffusionBackend, prompts: list[GridPrompt], folder: str
         sampling = ProposalSettings(**{**asdict(settings.sampling), "count": 1, "seed": settings.sampling.seed + index})
         grid = generate_proposals(backend, prompt.text(settings.rows, settings.cols), "", sampling).images[0]
         panels = split_grid(grid, settings.rows, settings.cols, settings.detect_gutters)
-        kept, similarity = filter_pairs(embed(panels), pairs, settings.threshold)
+        similar, similarity = filter_pairs(embed(panels), pairs, settings.threshold)
+        kept = _judged(judge, panels, similar, index, folder)
         for k, panel in enumerate(panels):
             save_png(to_pil(panel), folder / f"grid{index:06d}_panel{k}.png")
         for (i, j), s in zip(pairs, similarity):
@@ -89,8 +106,11 @@ def mine_pairs(backend: DiffusionBackend, prompts: list[GridPrompt], folder: str
                 _append(folder / "pairs.jsonl", {"grid": index, "reference": f"grid{index:06d}_panel{i}.png",
                                                  "target": f"grid{index:06d}_panel{j}.png",
                                                  "prompt": prompt.panel_prompt(j), "similarity": round(s, 4)})
-        _append(folder / "grids.jsonl", {"grid": index, "prompt": prompt.text(settings.rows, settings.cols),
-                                         "kept": len(kept), "pairs": len(pairs)})
+        record = {"grid": index, "prompt": prompt.text(settings.rows, settings.cols), "kept": len(kept),
+                  "pairs": len(pairs)}
+        if judge is not None:
+            record["judge_rejected"] = len(similar) - len(kept)
+        _append(folder / "grids.jsonl", record)
         if callback is not None:
             callback(index, grid)
     return summarise(folder, settings.threshold)
@@ -100,7 +120,15 @@ def summarise(folder: Path, threshold: float) -> dict:
     grids = [json.loads(line) for line in (folder / "grids.jsonl").read_text().splitlines()]
     kept = sum(g["kept"] for g in grids)
     total = sum(g["pairs"] for g in grids)
+    judged = any("judge_rejected" in g for g in grids)
+    by_judge = sum(g.get("judge_rejected", 0) for g in grids)
     if kept == 0:
-        raise ProtagonistError(f"no pair passed the similarity threshold {threshold}: all {total} pairs of "
-                               f"{len(grids)} grids were rejected; lower the threshold or make more grids")
-    return {"grids": len(grids), "pairs": total, "kept": kept, "rejected": total - kept}
+        how = (f" ({total - by_judge} by the similarity threshold, {by_judge} by the VLM judge; see "
+               f"judgements.jsonl)" if judged else "")
+        raise ProtagonistError(f"no pair passed the similarity threshold {threshold}{' and the judge' * judged}: "
+                               f"all {total} pairs of {len(grids)} grids were rejected{how}; lower the threshold "
+                               f"or make more grids")
+    summary = {"grids": len(grids), "pairs": total, "kept": kept, "rejected": total - kept}
+    if judged:
+        summary["judge_rejected"] = by_judge
+    return summary

@@ -1,5 +1,8 @@
 """Two-frame training on a pair dataset: LoRA on FLUX's attention + the `c_embedder`, through accelerate.
 
+Works on any FLUX backend (diffusers or ComfyUI): the backend names the layer whose output gets the
+condition (:meth:`DiffusionBackend.image_embedder`) and its attention layers (:meth:`lora_targets`).
+
 The clean target is the canvas [reference | target]; the condition is [reference | blank]. The loss
 covers both frames (the left one reconstructs the reference, the right one is the new frame), with
 `right_weight` on the right. Checkpoints go to the run directory; a rerun resumes from the last one.
@@ -15,16 +18,15 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ..adapters import LoraAdapter, frozen, frozen_parameters
-from ..backends.flux import DiffusersFlux
+from ..adapters import LoraAdapter, frozen_parameters
+from ..backends.flux import FLUX_ATTENTION  # noqa: F401  (re-exported: diffusers FLUX's LoRA targets)
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..images import pil_to_tensor
-from ..interface import ProtagonistError
+from ..interface import DiffusionBackend, ProtagonistError
 from ..training import denoising_error, optimisation_step
 from .two_frame import condition_tokens, conditioned, new_c_embedder
 
 log = logging.getLogger(__name__)
-FLUX_ATTENTION = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
 
 
 @dataclass
@@ -60,20 +62,24 @@ def _batch(folder: Path, pairs: list[dict], picks: list[int], side: int):
     return references, torch.cat([references, targets], dim=-1), [pairs[i]["prompt"] for i in picks]
 
 
-def _loss(backend: DiffusersFlux, c_embedder, references, canvas, prompts, settings, generator):
+def _loss(backend: DiffusionBackend, c_embedder, references, canvas, prompts, settings, generator):
     with torch.no_grad():
         latents = backend.encode_images(canvas)
         cond = backend.encode_prompts(prompts)
     tokens = condition_tokens(backend, references, settings.side)
-    with conditioned(backend.transformer, c_embedder, tokens):
+    with conditioned(backend.image_embedder(), c_embedder, tokens):
         error = denoising_error(backend, latents, cond, generator)
     half = error.shape[-1] // 2
     return error[..., :half].mean() + settings.right_weight * error[..., half:].mean()
 
 
-def train_two_frame(backend: DiffusersFlux, pair_folder: str | Path, run_dir: str | Path,
+def train_two_frame(backend: DiffusionBackend, pair_folder: str | Path, run_dir: str | Path,
                     settings: TwoFrameTraining, callback=None):
-    """Train (or resume) and return (c_embedder, LoRA state dict, losses)."""
+    """Train (or resume) and return (c_embedder, LoRA state dict in peft format, losses).
+
+    `callback(step, loss)` runs after each step and may raise to interrupt: the state of the steps done
+    so far is saved first, so a rerun with the same `run_dir` resumes there.
+    """
     from accelerate import Accelerator
 
     folder, run_dir = Path(pair_folder), Path(run_dir)
@@ -81,26 +87,35 @@ def train_two_frame(backend: DiffusersFlux, pair_folder: str | Path, run_dir: st
     accelerator = Accelerator(cpu=backend.device.type == "cpu")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)
-        c_embedder = new_c_embedder(backend.transformer)
-        adapter = LoraAdapter(backend.transformer, settings.rank, settings.alpha, FLUX_ATTENTION)
+        c_embedder = new_c_embedder(backend.image_embedder()).float()
+        adapter = LoraAdapter(backend.denoiser, settings.rank, settings.alpha, backend.lora_targets())
     try:
         optimizer = torch.optim.AdamW([*adapter.parameters(), *c_embedder.parameters()], lr=settings.lr)
         lora_holder = _ParameterHolder(adapter)
         state = load_checkpoint(run_dir, {"c_embedder": c_embedder, "lora": lora_holder}, optimizer)
         start, losses = (state["step"], state["extra"]["losses"]) if state else (0, [])
         c_embedder, optimizer = accelerator.prepare(c_embedder, optimizer)
-        frozen_base = [p for n, p in backend.transformer.named_parameters() if "lora_" not in n]
-        with torch.enable_grad(), frozen(*backend.text_encoders.values(), backend.vae), frozen_parameters(frozen_base):
+
+        def save(step: int) -> None:
+            save_checkpoint(run_dir, step, {"c_embedder": accelerator.unwrap_model(c_embedder), "lora": lora_holder},
+                            optimizer, extra={"losses": losses})
+
+        trained = {id(p) for p in adapter.parameters()}
+        frozen_base = [p for p in backend.denoiser.parameters() if id(p) not in trained]
+        with backend.trainable(), backend.session(), torch.enable_grad(), frozen_parameters(frozen_base):
             for step in range(start, settings.steps):
                 generator = torch.Generator().manual_seed(settings.seed * 100003 + step)
                 picks = torch.randint(0, len(pairs), (settings.batch_size,), generator=generator).tolist()
                 loss = _loss(backend, c_embedder, *_batch(folder, pairs, picks, settings.side), settings, generator)
                 losses.append(round(optimisation_step(loss, optimizer, step, accelerator.backward), 5))
                 if (step + 1) % settings.checkpoint_every == 0 or step + 1 == settings.steps:
-                    save_checkpoint(run_dir, step + 1, {"c_embedder": accelerator.unwrap_model(c_embedder),
-                                                        "lora": lora_holder}, optimizer, extra={"losses": losses})
+                    save(step + 1)
                 if callback is not None:
-                    callback(step, loss.item())
+                    try:
+                        callback(step, losses[-1])
+                    except BaseException:
+                        save(step + 1)
+                        raise
         return accelerator.unwrap_model(c_embedder), adapter.state_dict(), losses
     finally:
         adapter.remove()

@@ -14,7 +14,7 @@ OUR_NODES = {"Protagonist_ProposalSampler", "Protagonist_DINOv2Embed", "Protagon
              "Protagonist_LoraTITrainer", "Protagonist_ChosenOneLoop", "Protagonist_OneActorProjectorTrainer",
              "Protagonist_ClusterGuidedSampler", "Protagonist_OneActorSampler", "Protagonist_SaveOneActorIdentity",
              "Protagonist_LoadOneActorIdentity", "Protagonist_GridPairSplitter", "Protagonist_PairFilter",
-             "Protagonist_LoadDSD", "Protagonist_TwoFrameDiTSampler"}
+             "Protagonist_LoadDSD", "Protagonist_TwoFrameDiTSampler", "Protagonist_TwoFrameTrainer"}
 
 
 def test_every_node_registers(comfy_nodes):

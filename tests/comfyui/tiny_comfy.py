@@ -174,3 +174,59 @@ def comfy_flux_model(transformer) -> comfy.model_patcher.ModelPatcher:
     model.eval()
     device = comfy.model_management.get_torch_device()
     return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=device)
+
+
+def _t5_json(encoder) -> dict:
+    c = encoder.config
+    return {"d_ff": c.d_ff, "d_kv": c.d_kv, "d_model": c.d_model, "num_heads": c.num_heads,
+            "num_layers": c.num_layers, "vocab_size": c.vocab_size, "dense_act_fn": "gelu_pytorch_tanh",
+            "is_gated_act": True, "model_type": "t5"}
+
+
+def comfy_flux_clip(text_encoder, tokenizer, tokenizer_2, seed: int = 0) -> comfy.sd.CLIP:
+    """A ComfyUI FLUX CLIP: the tiny CLIP-L and a tiny T5 of its own.
+
+    ComfyUI's T5 fixes 32 relative-position buckets, so the diffusers tiny T5 (8 buckets) cannot load;
+    a fresh seeded T5 of the same widths with 32 buckets is used. Text parity with the core is therefore
+    not expected — the tests that use this CLIP only need a working FLUX text encoder.
+    """
+    import comfy.text_encoders.flux
+    import comfy.text_encoders.t5
+    from transformers import T5Config, T5EncoderModel, T5TokenizerFast
+
+    torch.manual_seed(seed)
+    t5 = T5EncoderModel(T5Config(vocab_size=len(tokenizer_2), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                                 relative_attention_num_buckets=32, feed_forward_proj="gated-gelu", pad_token_id=0,
+                                 eos_token_id=1, decoder_start_token_id=0))
+    specials = {"start": tokenizer.bos_token_id, "end": tokenizer.eos_token_id, "pad": tokenizer.pad_token_id}
+
+    class TinyFluxClip(comfy.text_encoders.flux.FluxClipModel):
+        def __init__(self, device="cpu", dtype=None, model_options={}):
+            torch.nn.Module.__init__(self)
+            self.clip_l = comfy.sd1_clip.SDClipModel(device=device, dtype=dtype, return_projected_pooled=False,
+                                                     textmodel_json_config=_clip_json(text_encoder),
+                                                     special_tokens=specials, model_options=model_options)
+            self.t5xxl = comfy.sd1_clip.SDClipModel(device=device, dtype=dtype, textmodel_json_config=_t5_json(t5),
+                                                    special_tokens={"end": 1, "pad": 0},
+                                                    model_class=comfy.text_encoders.t5.T5,
+                                                    model_options={**model_options, "model_name": "t5xxl"})
+            self.dtypes = {dtype}
+
+    class TinyFluxTokenizer(comfy.text_encoders.flux.FluxTokenizer):
+        def __init__(self, embedding_directory=None, tokenizer_data={}):
+            self.clip_l = comfy.sd1_clip.SDTokenizer(tokenizer.name_or_path, embedding_directory=embedding_directory)
+            self.t5xxl = comfy.sd1_clip.SDTokenizer(tokenizer_2.name_or_path, embedding_directory=embedding_directory,
+                                                    pad_with_end=False, embedding_size=32, embedding_key="t5xxl",
+                                                    tokenizer_class=T5TokenizerFast, has_start_token=False,
+                                                    pad_to_max_length=False, max_length=99999999, min_length=32)
+
+    class Target:
+        clip, tokenizer, params = TinyFluxClip, TinyFluxTokenizer, {}
+
+    clip = comfy.sd.CLIP(Target(), model_options={"dtype": torch.float32})
+    _resize_vocab(clip.cond_stage_model.clip_l, text_encoder.config.vocab_size)
+    missing, _ = clip.cond_stage_model.clip_l.load_sd(_comfy_clip_keys(text_encoder.state_dict()))
+    assert not [k for k in missing if "position_ids" not in k], missing
+    missing, _ = clip.cond_stage_model.t5xxl.load_sd(t5.state_dict())
+    assert not missing, missing
+    return clip

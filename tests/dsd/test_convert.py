@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from protagonist.core.dsd.convert import convert_dsd, load_converted
+from protagonist.core.dsd.convert import convert_dsd, diffusers_lora, load_converted, peft_lora, save_trained
 from protagonist.core.interface import ProtagonistError
 
 
@@ -36,3 +36,20 @@ def test_wrong_inputs_are_named(tmp_path):
         convert_dsd(tmp_path / "plain.safetensors", tmp_path / "plain.safetensors", tmp_path / "o.safetensors")
     with pytest.raises(ProtagonistError, match="not a converted DSD file"):
         load_converted(tmp_path / "plain.safetensors")
+
+
+def test_trained_files_hold_lora_keys_that_comfyui_and_the_core_read(tmp_path):
+    state = {"transformer_blocks.0.attn.to_q.lora_A.weight": torch.ones(2, 8),
+             "transformer_blocks.0.attn.to_q.lora_B.weight": torch.zeros(8, 2)}
+    path = save_trained(tmp_path / "trained.safetensors", torch.nn.Linear(4, 8), diffusers_lora(state, 2.0),
+                        {"rank": "2"})
+    parts = load_converted(path)
+    assert set(parts["c_embedder"]) == {"weight", "bias"}
+    # `transformer.<diffusers module>` is a FLUX LoRA prefix ComfyUI's loader maps; the alpha sits beside it.
+    assert set(parts["lora"]) == {"transformer.transformer_blocks.0.attn.to_q.lora_A.weight",
+                                  "transformer.transformer_blocks.0.attn.to_q.lora_B.weight",
+                                  "transformer.transformer_blocks.0.attn.to_q.alpha"}
+    peft, alpha = peft_lora(parts["lora"])
+    assert set(peft) == set(state) and alpha == 2.0
+    with pytest.raises(ProtagonistError, match="use it in ComfyUI"):
+        peft_lora({"diffusion_model.double_blocks.0.img_attn.qkv.lora_up.weight": torch.zeros(3, 2)})

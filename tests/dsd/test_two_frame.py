@@ -24,7 +24,7 @@ def test_canvas_is_reference_then_black():
 
 def test_zero_c_embedder_leaves_flux_unchanged_and_a_trained_one_does_not(tiny_flux_backend):
     backend = tiny_flux_backend
-    c_embedder = new_c_embedder(backend.transformer)
+    c_embedder = new_c_embedder(backend.image_embedder())
     tokens = condition_tokens(backend, torch.rand(1, 3, 32, 32), 32)
     assert tokens.shape == (1, 4 * 8, 16)  # 32×64 canvas → 8×16 latent → 4×8 packed tokens of 4·4 channels
     cond = backend.encode_prompts(["a blob"])
@@ -40,11 +40,11 @@ def test_zero_c_embedder_leaves_flux_unchanged_and_a_trained_one_does_not(tiny_f
 
 def test_sampling_the_canvas_gives_a_new_frame(tiny_flux_backend):
     backend = tiny_flux_backend
-    c_embedder = new_c_embedder(backend.transformer)
+    c_embedder = new_c_embedder(backend.image_embedder())
     torch.nn.init.normal_(c_embedder.weight, std=0.1)
     tokens = condition_tokens(backend, torch.rand(2, 3, 32, 32), 32)
     conds = [backend.encode_prompts([""]), backend.encode_prompts(["a blob at night"] * 2)]
-    with conditioned(backend.transformer, c_embedder, tokens):
+    with conditioned(backend.image_embedder(), c_embedder, tokens):
         latents = sample(backend, conds, seeded_noise([1, 2], (2, 4, 8, 16)), 2, cfg_guidance(2.0))
     frame = right_half(backend.decode_latents(latents))
     assert frame.shape == (2, 3, 32, 32)

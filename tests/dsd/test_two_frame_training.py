@@ -45,9 +45,10 @@ def test_missing_or_empty_pairs_say_what_to_do(tmp_path):
 
 def test_a_trained_model_generates_new_frames(tiny_flux_backend, pair_folder, tmp_path):
     from protagonist.core.dsd.generate import generate_two_frame
+    from protagonist.core.dsd.guidance import TrueCFG
 
     settings = TwoFrameTraining(steps=1, batch_size=1, rank=2, alpha=2, side=32)
     c_embedder, lora, _ = train_two_frame(tiny_flux_backend, pair_folder, tmp_path / "run", settings)
     frames = generate_two_frame(tiny_flux_backend, c_embedder, lora, 2, 2.0, torch.rand(2, 3, 40, 40),
-                                ["a blob at night", "a blob in the snow"], [1, 2], 32, 2, cfg=2.0)
+                                ["a blob at night", "a blob in the snow"], [1, 2], 32, 2, TrueCFG(1.5, 2.0))
     assert frames.shape == (2, 3, 32, 32)
