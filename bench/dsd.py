@@ -44,7 +44,8 @@ class DSDBench:
     grids: int = 256
     threshold: float = 0.9
     steps: int = 30
-    cfg: float = 3.0
+    cfg: float = 3.0  # the sprite FLUX is not guidance-distilled: CFG is the text scale of DSD's true CFG
+    image_scale: float = 1.0
     train_steps: int = 1500
     batch: int = 8
     rank: int = 32
@@ -126,6 +127,7 @@ def agreement(images: torch.Tensor, targets: list[Identity], contexts: list[Cont
 
 def generate_frames(backend, c_embedder, lora, test: HeldOut, bench: DSDBench, with_reference: bool) -> torch.Tensor:
     from ..core.dsd.generate import generate_two_frame
+    from ..core.dsd.guidance import TrueCFG
 
     frames = []
     settings = SamplingSettings(steps=bench.steps, cfg=bench.cfg, sampler="euler")
@@ -134,7 +136,8 @@ def generate_frames(backend, c_embedder, lora, test: HeldOut, bench: DSDBench, w
         if with_reference:
             references = test.references[n:n + 1].expand(len(prompts), -1, -1, -1)
             frames.append(generate_two_frame(backend, c_embedder, lora, bench.rank, float(bench.rank), references,
-                                             prompts, seeds, 32, bench.steps, bench.cfg))
+                                             prompts, seeds, 32, bench.steps,
+                                             TrueCFG(image_scale=bench.image_scale, text_scale=bench.cfg)))
         else:
             frames.append(draw(backend, prompts, seeds, settings))
     return torch.cat(frames)

@@ -79,6 +79,19 @@ def _judged(judge, panels, kept, index: int, folder: Path) -> list[tuple[int, in
     return same
 
 
+def _drop_unfinished(folder: Path, done: set[int]) -> None:
+    """Forget the pairs of a grid that was interrupted before `grids.jsonl` recorded it (it is redone)."""
+    path = folder / "pairs.jsonl"
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    finished = [line for line in lines if json.loads(line)["grid"] in done]
+    if len(finished) < len(lines):
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text("".join(line + "\n" for line in finished))
+        temporary.replace(path)
+
+
 def mine_pairs(backend: DiffusionBackend, prompts: list[GridPrompt], folder: str | Path,
                embed: Callable[[torch.Tensor], torch.Tensor], settings: PairMining, callback=None,
                judge=None) -> dict:
@@ -90,6 +103,7 @@ def mine_pairs(backend: DiffusionBackend, prompts: list[GridPrompt], folder: str
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     done = _done_grids(folder)
+    _drop_unfinished(folder, done)
     pairs = ordered_pairs(settings.rows * settings.cols)
     for index, prompt in enumerate(prompts):
         if index in done:

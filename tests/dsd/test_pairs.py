@@ -44,3 +44,15 @@ def test_everything_rejected_says_how_many_and_at_which_threshold(tiny_flux_back
     prompts = grid_prompts(["blob"], ["at night", "on a beach", "in the snow", "in a city"], 1, seed=0)
     with pytest.raises(ProtagonistError, match="threshold 1.5: all 12 pairs of 1 grids were rejected"):
         mine_pairs(tiny_flux_backend, prompts, tmp_path, _embed, _settings(1.5))
+
+
+def test_a_grid_interrupted_after_some_pairs_is_redone_without_duplicates(tiny_flux_backend, tmp_path):
+    prompts = grid_prompts(["blob"], ["at night", "on a beach", "in the snow", "in a city"], 2, seed=0)
+    mine_pairs(tiny_flux_backend, prompts[:1], tmp_path, _embed, _settings(-1.0))
+    written = (tmp_path / "pairs.jsonl").read_text().splitlines()
+    unfinished = json.dumps({**json.loads(written[0]), "grid": 1})  # grid 1 crashed after one pair
+    (tmp_path / "pairs.jsonl").write_text("\n".join([*written, unfinished]) + "\n")
+    summary = mine_pairs(tiny_flux_backend, prompts, tmp_path, _embed, _settings(-1.0))
+    lines = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]
+    assert summary["kept"] == 24 and len(lines) == 24
+    assert len({(p["grid"], p["reference"], p["target"]) for p in lines}) == 24
