@@ -14,6 +14,10 @@ from ..harness import Character, PlainSampling, draw
 from ..overrides import apply_overrides
 
 
+# The sprite world's vocabulary has no "photo" or "rendering": train on the one template it knows.
+SPRITE_WORLD = {"training.templates": ("a {}",)}
+
+
 @dataclass
 class ChosenState:
     character: Character
@@ -28,7 +32,8 @@ class ChosenOneMethod:
                  identity_prompt: str = "a {}", overrides: dict | None = None):
         self.name = f"chosen-one-{preset_name}"
         self.preset_name, self.embedder, self.run_root = preset_name, embedder, Path(run_root)
-        self.class_word, self.identity_prompt, self.overrides = class_word, identity_prompt, overrides or {}
+        self.class_word, self.identity_prompt = class_word, identity_prompt
+        self.overrides = {**SPRITE_WORLD, **(overrides or {})}
         self.rounds: list[int] = []
 
     def prepare(self, backend, character, seed):
