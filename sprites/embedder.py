@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.embedding import embed_images, preprocess
-from .attributes import Context, Identity
+from .attributes import ATTRIBUTES, Context, Identity
 from .models import MODELS_DIR
 from .world import render
 
@@ -84,6 +84,20 @@ def identity_ari(model, characters: int = 20, contexts: int = 10, seed: int = 12
     embeddings = embed_images(model, torch.stack(images)).numpy()
     clusters = KMeans(n_clusters=characters, init="k-means++", n_init=10, random_state=0).fit_predict(embeddings)
     return float(adjusted_rand_score(labels, clusters))
+
+
+def scene_ari(model, images: int = 120, seed: int = 54321) -> float:
+    """Adjusted Rand index of K-MEANS (K = backgrounds) against the *background*: lower is better."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_rand_score
+
+    rng = np.random.default_rng(seed)
+    contexts = [Context.random(rng) for _ in range(images)]
+    pictures = torch.stack([render(Identity.random(rng), c, rng) for c in contexts])
+    embeddings = embed_images(model, pictures).numpy()
+    k = len(ATTRIBUTES["background"])
+    clusters = KMeans(n_clusters=k, init="k-means++", n_init=10, random_state=0).fit_predict(embeddings)
+    return float(adjusted_rand_score([c.background for c in contexts], clusters))
 
 
 def main(argv: list[str] | None = None) -> int:
