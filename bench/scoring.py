@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -19,6 +19,8 @@ class Scores:
     prompt_conformity: float  # share of images whose background and position match the prompt
     subject_conformity: float  # share of images showing the identity attributes the subject names
     validity: float  # share of images the oracle reads with confidence on every attribute
+    # per identity attribute: share of same-character pairs that agree on it (which attributes a method holds)
+    attribute_consistency: dict[str, float] = field(default_factory=dict)
 
 
 def _named(prompt: str, attributes) -> dict[str, int]:
@@ -51,4 +53,6 @@ def score(run: MethodRun, oracle: Oracle, embedder=None) -> Scores:
         prompt_conformity=_share_matching(reading, run.prompts, CONTEXT_ATTRIBUTES),
         subject_conformity=_share_matching(reading, run.prompts, IDENTITY_ATTRIBUTES),
         validity=float(reading.valid.float().mean()),
+        attribute_consistency={a: sum(int(reading.labels[a][i]) == int(reading.labels[a][j]) for i, j in pairs)
+                               / max(len(pairs), 1) for a in IDENTITY_ATTRIBUTES},
     )

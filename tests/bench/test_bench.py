@@ -40,11 +40,14 @@ def test_one_identity_per_character_scores_full_consistency_and_conformity(oracl
     scores = score(run, oracle)
     assert scores.identity_consistency == 1.0
     assert scores.prompt_conformity == 1.0 and scores.validity == 1.0
+    assert set(scores.attribute_consistency.values()) == {1.0}
 
 
 def test_different_identities_score_zero_consistency(oracle):
     run = _render_run([[Identity.from_index(i) for i in (1, 2, 3)]])
-    assert score(run, oracle).identity_consistency == 0.0
+    scores = score(run, oracle)
+    assert scores.identity_consistency == 0.0
+    assert scores.attribute_consistency["shape"] == 1.0 and scores.attribute_consistency["accessory"] < 1.0
 
 
 def test_subject_conformity_checks_named_attributes(oracle):
