@@ -32,6 +32,8 @@ def comfy_page(url: str):
             page.page_errors = errors
             page.wait_for_function("window.app && window.app.graph && window.LiteGraph && "
                                    "Object.keys(LiteGraph.registered_node_types).length > 100", timeout=120_000)
+            page.startup_errors = list(errors)  # the app's own, before any workflow is loaded
+            errors.clear()
             yield page
         finally:
             browser.close()
@@ -117,7 +119,7 @@ BUILD_JS = """
   const maxX = Math.max(...all.map((n) => n.pos[0] + n.size[0])) + 20;
   const maxY = Math.max(...all.map((n) => n.pos[1] + n.size[1])) + 20;
   const canvas = app.canvas.canvas;
-  const scale = Math.min(canvas.clientWidth / (maxX - minX), canvas.clientHeight / (maxY - minY), 1.0);
+  const scale = Math.min(canvas.clientWidth / (maxX - minX), canvas.clientHeight / (maxY - minY), 1.0) * 0.92;
   const offset = [(canvas.clientWidth / scale - (maxX - minX)) / 2 - minX,
                   (canvas.clientHeight / scale - (maxY - minY)) / 2 - minY];
   const json = g.serialize();
@@ -128,6 +130,8 @@ BUILD_JS = """
 
 LOAD_JS = """
 async (workflow) => {
+  app.extensionManager?.toast?.removeAll?.();
+  document.querySelectorAll(".p-toast-message").forEach((e) => e.remove());
   await app.loadGraphData(workflow, true, true, null);
   await new Promise((resolve) => setTimeout(resolve, 300));
   app.canvas.setDirty(true, true);
@@ -165,8 +169,10 @@ INSPECT_JS = """
       if (!ok) report.badLinks.push(`${n.type}.${input.name}: ${outType} -> ${input.type}`);
     }
   }
-  const dialog = document.querySelector(".comfy-missing-nodes, [aria-labelledby*=missing], .p-dialog");
-  report.dialog = dialog ? dialog.innerText.slice(0, 500) : "";
+  // alerts the front end raised while loading (schema validation, missing nodes, …)
+  report.alerts = [...document.querySelectorAll(".p-toast-message-error, .p-toast-message-warn")]
+    .map((e) => e.innerText.slice(0, 300));
+  report.dialogs = [...document.querySelectorAll(".p-dialog")].map((e) => e.innerText.slice(0, 300));
   return report;
 }
 """

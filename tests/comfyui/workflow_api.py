@@ -16,6 +16,7 @@ from .conftest import PACK_ROOT
 WORKFLOWS_DIR = PACK_ROOT / "workflows"
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 FRONT_END_ONLY = {"Note", "MarkdownNote"}  # no backend node: not part of a prompt
+DISPLAY_INPUTS = {"PreviewAny": {"preview"}}  # display widgets the front end adds to a prompt (not saved)
 
 
 class WorkflowError(AssertionError):
