@@ -9,6 +9,7 @@ import comfy.sample
 import comfy.samplers
 import comfy.sd
 import folder_paths
+import latent_preview
 import torch
 from comfy_api.v0_0_2 import io
 from einops import rearrange
@@ -165,7 +166,13 @@ class TwoFrameDiTSampler(io.ComfyNode):
                 whole_canvas) -> io.NodeOutput:
         patched, empty = patched_flux(model, dsd, vae, images_to_core(reference), side)
         noise = comfy.sample.prepare_noise(empty, seed)
+        preview = latent_preview.prepare_callback(patched, steps)  # progress and preview, as KSampler's
+
+        def callback(step, x0, x, total_steps):
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            preview(step, x0, x, total_steps)
+
         samples = comfy.sample.sample(patched, noise, steps, cfg, sampler_name, scheduler, positive, negative, empty,
-                                      seed=seed)
+                                      callback=callback, seed=seed)
         canvas = vae.decode(samples)
         return io.NodeOutput(canvas if whole_canvas else canvas[:, :, canvas.shape[2] // 2:])

@@ -1,4 +1,4 @@
-"""Rebuild `workflows/*.json`, their `.jpg` thumbnails and `workflows/poses/*.png` with the real front end.
+"""Rebuild `workflows/*.json`, their `.jpg` thumbnails, `workflows/poses/*.png` and `icon.png`.
 
     COMFYUI_PATH=~/ComfyUI ~/comfy-venv/bin/python -m tests.comfyui.build_workflows
 
@@ -68,6 +68,17 @@ def write_poses(folder: Path) -> list[Path]:
     return paths
 
 
+def write_icon(poses: list[Path], path: Path, size: int = 256) -> None:
+    """The pack's icon: the four storyboard poses on one page."""
+    icon = Image.new("RGB", (size, size), (24, 24, 28))
+    half = size // 2
+    for index, pose in enumerate(poses[:4]):
+        with Image.open(pose) as image:
+            panel = image.convert("RGB").resize((half - 6, half - 6), Image.LANCZOS)
+        icon.paste(panel, ((index % 2) * half + 3, (index // 2) * half + 3))
+    icon.save(path, optimize=True)
+
+
 def thumbnail(png: bytes) -> bytes:
     image = Image.open(io.BytesIO(png)).convert("RGB")
     image = image.resize((THUMBNAIL_WIDTH, round(image.height * THUMBNAIL_WIDTH / image.width)), Image.LANCZOS)
@@ -81,6 +92,7 @@ def thumbnail(png: bytes) -> bytes:
 
 def main(names: list[str]) -> None:
     poses = write_poses(WORKFLOWS_DIR / "poses")
+    write_icon(poses, PACK_ROOT / "icon.png")
     with tempfile.TemporaryDirectory(prefix="protagonist-build-") as tmp:
         server = ComfyServer(Path(tmp), MODEL_FILES)
         install_pack(server.base / "custom_nodes")

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-
 from protagonist.core.checkpoint import atomic_save_tensors
 from protagonist.core.dsd.convert import FORMAT as DSD_FORMAT
 from protagonist.core.dsd.two_frame import new_c_embedder
@@ -26,8 +25,10 @@ LOADERS = {"CheckpointLoaderSimple": "ProtagonistTest_TinySDXL", "UNETLoader": "
 SMALL = 32  # pixels
 BLOB = "a photo of a blob on the beach"  # the tiny models' vocabulary has no "man"
 OVERRIDES = {
+    # (the name: the test session's models/embeddings already holds a "hero")
     "chosen_one_full_loop": {("Protagonist_ChosenOneLoop", "width"): SMALL, ("Protagonist_ChosenOneLoop", "height"): SMALL,
                              ("Protagonist_ChosenOneLoop", "init_word"): "blob", ("KSampler", "steps"): 2,
+                             ("Protagonist_ChosenOneLoop", "name"): "workflow_hero",
                              ("EmptyLatentImage", "width"): SMALL, ("EmptyLatentImage", "height"): SMALL},
     "chosen_one_one_round": {("Protagonist_ProposalSampler", "count"): 8, ("Protagonist_ProposalSampler", "steps"): 2,
                              ("Protagonist_ProposalSampler", "width"): SMALL,

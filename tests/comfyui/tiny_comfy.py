@@ -189,10 +189,10 @@ class DiffusersFluxClip:
     def tokenize(self, text: str, return_word_ids: bool = False, **kwargs) -> list[str]:
         return [text]
 
-    def encode_from_tokens_scheduled(self, tokens: list[str], unprojected=False, add_dict={}, show_pbar=True):
+    def encode_from_tokens_scheduled(self, tokens: list[str], unprojected=False, add_dict=None, show_pbar=True):
         with torch.no_grad():
             cond = self.backend.encode_prompts(tokens)
-        return [[cond.embeds.float(), {"pooled_output": cond.pooled.float(), **add_dict}]]
+        return [[cond.embeds.float(), {"pooled_output": cond.pooled.float(), **(add_dict or {})}]]
 
 
 def comfy_controlnet(unet, seed: int = 0):

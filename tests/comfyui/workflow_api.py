@@ -11,6 +11,7 @@ The browser test checks that the front end's own `graphToPrompt()` gives the sam
 from __future__ import annotations
 
 import json
+
 from .conftest import PACK_ROOT
 
 WORKFLOWS_DIR = PACK_ROOT / "workflows"

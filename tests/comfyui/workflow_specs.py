@@ -255,7 +255,7 @@ The page is assembled with the stock Image Stitch node (2 × 2).""")
         image = w.add("VAEDecode", samples=sample[0], vae=ckpt[2])
         w.group(f"Panel {index}", [prompt, pose, positive, posed, guider, sample, image])
         panels.append(image)
-    stitch = dict(match_image_size=True, spacing_width=16, spacing_color="white")
+    stitch = {"match_image_size": True, "spacing_width": 16, "spacing_color": "white"}
     top = w.add("ImageStitch", image1=panels[0][0], image2=panels[1][0], direction="right", **stitch)
     bottom = w.add("ImageStitch", image1=panels[2][0], image2=panels[3][0], direction="right", **stitch)
     page = w.add("ImageStitch", title="Storyboard page", image1=top[0], image2=bottom[0], direction="down", **stitch)
