@@ -9,7 +9,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import tomllib
 
 from .conftest import PACK_ROOT
 from .live_server import PACK_FOLDER, ComfyServer, install_pack
@@ -56,6 +55,7 @@ def test_the_workflows_are_listed_as_templates(clean_server):
 
 
 def test_pyproject_is_registry_ready():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     project = tomllib.loads((PACK_ROOT / "pyproject.toml").read_text())
     comfy = project["tool"]["comfy"]
     assert comfy["PublisherId"] and comfy["DisplayName"]
