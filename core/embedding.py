@@ -44,12 +44,18 @@ def preprocess(images: torch.Tensor, resolution: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def embed_images(model, images: torch.Tensor, resolution: int | None = None, batch_size: int = 32) -> torch.Tensor:
-    """CLS embeddings [B, D] (after DINOv2's final layer norm), computed in batches."""
+def embed_images(model, images: torch.Tensor, resolution: int | None = None, batch_size: int = 32,
+                 callback=None) -> torch.Tensor:
+    """CLS embeddings [B, D] (after DINOv2's final layer norm), computed in batches.
+
+    `callback(done, total)` runs after each batch (progress; it may raise to interrupt).
+    """
     resolution = resolution or model.config.image_size
     device = next(model.parameters()).device
     rows = []
     for start in range(0, images.shape[0], batch_size):
         pixels = preprocess(images[start:start + batch_size].to(device, torch.float32), resolution)
         rows.append(model(pixel_values=pixels).pooler_output.float().cpu())
+        if callback is not None:
+            callback(min(start + batch_size, images.shape[0]), images.shape[0])
     return torch.cat(rows) if rows else torch.zeros(0, model.config.hidden_size)

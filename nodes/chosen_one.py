@@ -12,6 +12,7 @@ from ..core.embedding import embed_images, load_dinov2
 from ..core.images import line_plot, pil_to_tensor
 from .convert import images_to_comfy, images_to_core
 from .model_folders import dinov2_source
+from .progress import count_progress
 
 Embeddings = io.Custom("PROTAGONIST_EMBEDDINGS")
 _DINOV2_CACHE: dict[str, torch.nn.Module] = {}
@@ -51,7 +52,8 @@ class DINOv2Embed(io.ComfyNode):
     @classmethod
     def execute(cls, images, dinov2, resolution) -> io.NodeOutput:
         model = cached_dinov2(dinov2)
-        return io.NodeOutput(embed_images(model, images_to_core(images), resolution or None))
+        progress = count_progress(images.shape[0])
+        return io.NodeOutput(embed_images(model, images_to_core(images), resolution or None, callback=progress))
 
 
 class KMeansCohesiveCluster(io.ComfyNode):

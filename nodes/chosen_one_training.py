@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import comfy.model_management
 import comfy.sd
-import comfy.utils
 import torch
 from comfy_api.v0_0_2 import io
 
@@ -19,23 +17,19 @@ from .chosen_one import cached_dinov2, loss_curve_image
 from .comfy_backend import ComfyBackend
 from .convert import images_to_comfy, images_to_core
 from .model_folders import output_file, run_directory
-from .progress import SamplingProgress
-
-
-def training_progress(total: int):
-    bar = comfy.utils.ProgressBar(total)
-
-    def step(index, loss):
-        comfy.model_management.throw_exception_if_processing_interrupted()
-        bar.update_absolute(index + 1)
-
-    return step
+from .progress import SamplingProgress, TrainingProgress
 
 
 def apply_identity(model, clip, identity):
     """MODEL/CLIP clones with the identity's LoRA, through ComfyUI's own LoRA patching."""
     lora = comfy_lora(identity.lora, identity.alpha)
     return comfy.sd.load_lora_for_models(model, clip, lora, 1.0, 0.0)
+
+
+def refuse_existing_exports(name: str, overwrite: bool) -> None:
+    """Fail before any work if the LoRA or the embedding file already exists (unless overwriting)."""
+    for folder in ("loras", "embeddings"):
+        output_file(folder, f"{name}.safetensors", overwrite)
 
 
 def write_exports(identity, name: str, overwrite: bool) -> tuple[str, str]:
@@ -78,7 +72,7 @@ class LoraTITrainer(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, vae, images, name, init_word, templates, steps, batch_size, rank, alpha,
                 lora_lr, token_lr, seed, overwrite) -> io.NodeOutput:
-        output_file("loras", f"{name}.safetensors", overwrite)  # refuse before any work
+        refuse_existing_exports(name, overwrite)
         settings = IdentityTraining(steps=steps, batch_size=batch_size, rank=rank, alpha=alpha, lora_lr=lora_lr,
                                     token_lr=token_lr, seed=seed,
                                     templates=tuple(t for t in templates.splitlines() if t.strip()))
@@ -86,7 +80,7 @@ class LoraTITrainer(io.ComfyNode):
             backend = ComfyBackend(model, clip, vae)
             token = new_token(backend, f"<{name}>", init_word)
             identity = train_identity(backend, images_to_core(images).clone(), token, settings,
-                                      callback=training_progress(steps))
+                                      callback=TrainingProgress(steps))
         lora_file, token_text = write_exports(identity, name, overwrite)
         model_out, clip_out = apply_identity(model, clip, identity)
         return io.NodeOutput(model_out, clip_out, lora_file, token_text, loss_curve_image(identity.losses))
@@ -125,7 +119,7 @@ class ChosenOneLoop(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, vae, prompt, init_word, identity_prompt, preset, dinov2, name, width, height,
                 seed, overwrite) -> io.NodeOutput:
-        output_file("loras", f"{name}.safetensors", overwrite)
+        refuse_existing_exports(name, overwrite)
         settings = preset_settings(preset, prompt, init_word, identity_prompt, size=(height, width), seed=seed,
                                        token_name=f"<{name}>")
         embedder = cached_dinov2(dinov2)
@@ -137,7 +131,7 @@ class ChosenOneLoop(io.ComfyNode):
                 callback=lambda index, stage, images: shown.append(images),
                 sample_callback=SamplingProgress(model, settings.proposals.steps, runs=(settings.max_rounds + 1) * -(
                     -settings.proposals.count // settings.proposals.batch_size)),
-                train_callback=training_progress(settings.training.steps))
+                train_callback=TrainingProgress(settings.training.steps))
         if result.identity is None:
             raise RuntimeError("no round completed; see the log for why")
         save_identity(result.identity, output_file("protagonist", f"{name}.safetensors", True), "sdxl", init_word)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 
 import comfy.sample
+import comfy.model_management
 import comfy.samplers
 import comfy.sd
 import comfy.utils
@@ -170,7 +171,12 @@ class TwoFrameDiTSampler(io.ComfyNode):
     def execute(cls, model, vae, dsd, reference, positive, seed, steps, image_guidance, text_guidance,
                 sampler_name, scheduler, side, whole_canvas, negative=None) -> io.NodeOutput:
         patched, empty = patched_flux(model, dsd, vae, images_to_core(reference), side)
-        callback = latent_preview.prepare_callback(patched, steps)
+        preview = latent_preview.prepare_callback(patched, steps)  # progress and preview, as KSampler's
+
+        def callback(step, x0, x, total_steps):
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            preview(step, x0, x, total_steps)
+
         samples = sample_canvas(patched, positive, negative, empty, seed, steps,
                                 TrueCFG(image_guidance, text_guidance), sampler_name, scheduler, callback)
         canvas = vae.decode(samples)

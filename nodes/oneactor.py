@@ -10,9 +10,9 @@ from ..core.oneactor.identity import check_compatible, make_identity
 from ..core.oneactor.tuning import DEFAULT_TEMPLATES, OneActorTuning, ProposalSet, tune_projector
 from ..core.proposals import Proposals
 from .chosen_one import loss_curve_image
-from .chosen_one_training import training_progress
 from .comfy_backend import ComfyBackend
 from .oneactor_guider import build_guider
+from .progress import TrainingProgress
 
 Features = io.Custom("PROTAGONIST_FEATURES")
 Identity = io.Custom("PROTAGONIST_ONEACTOR")
@@ -71,7 +71,7 @@ class OneActorProjectorTrainer(io.ComfyNode):
             proposals = Proposals(samples, torch.zeros(0), [], features.clone())
             data = ProposalSet.from_proposals(proposals, target_index, size)
             with backend.trainable():
-                tuned = tune_projector(backend, data, base_word, settings, callback=training_progress(steps))
+                tuned = tune_projector(backend, data, base_word, settings, callback=TrainingProgress(steps))
             identity = make_identity(tuned.projector, data.features, base_word, backend.family)
         return io.NodeOutput(identity, loss_curve_image(tuned.losses))
 

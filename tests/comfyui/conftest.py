@@ -38,6 +38,9 @@ def _import_comfyui(path: str):
     try:
         import comfy.cli_args  # noqa: F401  (parses the arguments above once)
         import comfy.model_management  # noqa: F401
+        # As main.py does: ComfyUI's `utils` package first, before nodes.py puts comfy/ (with its utils.py)
+        # first on sys.path; otherwise comfy_extras/nodes_images.py (ImageStitch…) fails to import.
+        import utils.install_util  # noqa: F401
     finally:
         sys.argv = saved_argv
     import nodes

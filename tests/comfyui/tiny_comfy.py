@@ -230,3 +230,39 @@ def comfy_flux_clip(text_encoder, tokenizer, tokenizer_2, seed: int = 0) -> comf
     missing, _ = clip.cond_stage_model.t5xxl.load_sd(t5.state_dict())
     assert not missing, missing
     return clip
+
+
+class DiffusersFluxClip:
+    """A CLIP stand-in for FLUX workflows: CLIPTextEncode's two calls, answered by the tiny diffusers encoders.
+
+    ComfyUI's FLUX text encoder classes load only full-size T5/CLIP configs and tokenizer files; the
+    workflow tests need the graph to run, and the conditioning format (T5 tokens + pooled CLIP) is the same.
+    """
+
+    def __init__(self, backend):
+        self.backend = backend
+
+    def tokenize(self, text: str, return_word_ids: bool = False, **kwargs) -> list[str]:
+        return [text]
+
+    def encode_from_tokens_scheduled(self, tokens: list[str], unprojected=False, add_dict=None, show_pbar=True):
+        with torch.no_grad():
+            cond = self.backend.encode_prompts(tokens)
+        return [[cond.embeds.float(), {"pooled_output": cond.pooled.float(), **(add_dict or {})}]]
+
+
+def comfy_controlnet(unet, seed: int = 0):
+    """A ComfyUI CONTROL_NET for the tiny SDXL UNet (ComfyUI's own ControlNet class, random small weights)."""
+    import comfy.cldm.cldm
+    import comfy.controlnet
+
+    config = comfy_sdxl_unet_config(unet.config)
+    config.pop("out_channels")
+    net = comfy.cldm.cldm.ControlNet(**config, hint_channels=3, operations=comfy.ops.manual_cast,
+                                     device="cpu")
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in net.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02)
+    device = comfy.model_management.get_torch_device()
+    return comfy.controlnet.ControlNet(net, load_device=device, manual_cast_dtype=None)
