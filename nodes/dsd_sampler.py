@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 
-import comfy.sample
 import comfy.model_management
+import comfy.sample
 import comfy.samplers
 import comfy.sd
 import comfy.utils

@@ -13,10 +13,10 @@ from ..core.dsd.convert import load_converted, save_trained
 from ..core.dsd.training import TwoFrameTraining, read_pairs, train_two_frame
 from ..core.interface import ProtagonistError
 from .chosen_one import loss_curve_image
-from .chosen_one_training import training_progress
 from .comfy_backend import ComfyBackend
 from .dsd import DSDWeights
 from .model_folders import PROTAGONIST_FOLDER, output_file, run_directory
+from .progress import TrainingProgress
 
 
 def pair_folder(text: str) -> Path:
@@ -78,7 +78,7 @@ class TwoFrameTrainer(io.ComfyNode):
             if backend.family != "flux":
                 raise ProtagonistError(f"the two-frame trainer needs a FLUX model, got {backend.family}")
             c_embedder, lora, losses = train_two_frame(backend, folder, run_directory(name), settings,
-                                                       callback=training_progress(steps))
+                                                       callback=TrainingProgress(steps))
         save_trained(target, c_embedder, comfy_lora(lora, alpha),
                      {"rank": str(rank), "alpha": str(alpha), "trained_on": "comfyui-flux", "steps": str(steps)})
         return io.NodeOutput(load_converted(target), target.name, loss_curve_image(losses))
