@@ -13,7 +13,9 @@ from .helpers import pack_module
 
 CATEGORY_OF_MODULE = {"proposals": "Protagonist/common", "chosen_one": "Protagonist/The Chosen One",
                       "chosen_one_training": "Protagonist/The Chosen One", "oneactor": "Protagonist/OneActor",
-                      "oneactor_io": "Protagonist/OneActor", "dsd": "Protagonist/Diffusion Self-Distillation"}
+                      "oneactor_io": "Protagonist/OneActor", "dsd": "Protagonist/Diffusion Self-Distillation",
+                      "dsd_sampler": "Protagonist/Diffusion Self-Distillation",
+                      "dsd_training": "Protagonist/Diffusion Self-Distillation"}
 
 
 def our_nodes(registry) -> dict:

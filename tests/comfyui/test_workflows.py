@@ -103,7 +103,7 @@ def tiny_world(comfy_nodes, comfy_sdxl, comfy_backend, diffusers_sdxl):
     features = torch.randn(3, 64, 4, 4, generator=torch.Generator().manual_seed(0))
     save_identity(make_identity(new_projector(comfy_backend, features, 0), features, "blob", "sdxl"),
                   protagonist / IDENTITY_FILE)
-    c_embedder = new_c_embedder(flux.transformer)
+    c_embedder = new_c_embedder(flux.image_embedder())
     atomic_save_tensors({f"c_embedder.{k}": v.detach().clone() for k, v in c_embedder.state_dict().items()},
                         protagonist / DSD_FILE, {"format": DSD_FORMAT})
     input_dir = Path(folder_paths.get_output_directory()).parent / "input"

@@ -184,7 +184,7 @@ def dsd_two_frame_generation() -> Workflow:
     negative = w.add("ConditioningZeroOut", conditioning=text[0])
     frame = w.add("Protagonist_TwoFrameDiTSampler", model=unet[0], vae=vae[0], dsd=dsd[0], reference=reference[0],
                   positive=positive[0], negative=negative[0], seed=0, control_after_generate="fixed", steps=28,
-                  cfg=1.0, sampler_name="euler", scheduler="simple", side=512, whole_canvas=False)
+                  image_guidance=1.0, text_guidance=1.0, sampler_name="euler", scheduler="simple", side=512, whole_canvas=False)
     w.add("SaveImage", images=frame[0], filename_prefix="protagonist/dsd")
     return w
 
@@ -209,7 +209,7 @@ FLUX draws 2×2 grids of one subject; the splitter cuts them into panels and eve
     grids = w.add("VAEDecode", samples=sampler[0], vae=vae[0])
     split = w.add("Protagonist_GridPairSplitter", grids=grids[0], rows=2, cols=2, detect_gutters=False)
     embed = w.add("Protagonist_DINOv2Embed", images=split[0], dinov2=DINOV2, resolution=0)
-    kept = w.add("Protagonist_PairFilter", panels=split[0], embeddings=embed[0], pairs=split[3], threshold=0.8)
+    kept = w.add("Protagonist_PairFilter", panels=split[0], embeddings=embed[0], pairs=split[3], threshold=0.8, judge="")
     w.add("SaveImage", images=kept[0], filename_prefix="dsd_pairs/reference")
     w.add("SaveImage", images=kept[1], filename_prefix="dsd_pairs/target")
     w.add("PreviewAny", source=kept[2])
