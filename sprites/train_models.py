@@ -167,7 +167,7 @@ def write_card(folder: Path, family: str, args, vae_losses, losses, stats: dict,
         "Trained from scratch on procedurally rendered sprites (`protagonist.sprites`): random identities",
         "(shape, colour, pattern, eyes, accessory) in random contexts (background, position), with captions",
         "that name the context and sometimes up to two identity attributes; 10 % empty captions for CFG."
-        + (f" Every {args.grid_every}th step is a batch of 2×2 grids of one identity." if args.grid_every else ""),
+        + (f" Every {args.grid_every}-th step is a batch of 2×2 grids of one identity." if args.grid_every else ""),
         "", f"* seed {args.seed}; VAE {args.vae_steps} steps × {args.batch}; denoiser {args.steps} steps × {args.batch}",
         f"* final VAE loss {np.mean(vae_losses[-100:]):.4f}; final denoiser loss {np.mean(losses[-200:]):.4f}",
         f"* latent statistics before standardisation: {stats}",
@@ -175,7 +175,7 @@ def write_card(folder: Path, family: str, args, vae_losses, losses, stats: dict,
         f"{torch.get_num_threads()} CPU threads (wall time, with other jobs sharing the 2 cores at times)",
         f"* weights: {size / 1e6:.1f} MB (float16 safetensors)",
         "", f"Reproduce: `python -m protagonist.sprites.train_models {family} --steps {args.steps} "
-            f"--vae-steps {args.vae_steps} --seed {args.seed}`",
+            f"--vae-steps {args.vae_steps} --grid-every {args.grid_every} --seed {args.seed}`",
     ]
     (folder / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
 
