@@ -108,13 +108,11 @@ def tiny_comfy_flux(comfy_nodes):
     from . import tiny_comfy
 
     ours = tiny_flux(0)
-    for module in ours.modules().values():
-        module.eval()
-    clip = tiny_comfy.comfy_flux_clip(ours.text_encoders["clip_l"], ours.tokenizers["clip_l"], ours.tokenizers["t5"])
+    model, clip, vae = tiny_comfy.comfy_flux_models(ours)
     layer = torch.nn.Linear(ours.image_embedder().in_features, ours.image_embedder().out_features)
     torch.nn.init.normal_(layer.weight, std=0.1, generator=torch.Generator().manual_seed(1))
     dsd = {"c_embedder": layer.state_dict(), "lora": {}, "diff": {}, "added": {}}
-    return tiny_comfy.comfy_flux_model(ours.transformer), clip, tiny_comfy.comfy_vae(ours.vae), dsd
+    return model, clip, vae, dsd
 
 
 def test_memory_of_native_two_frame_vs_stock_sampling(tiny_comfy_flux):

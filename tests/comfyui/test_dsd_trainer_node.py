@@ -16,11 +16,7 @@ from protagonist.core.tiny_models import tiny_flux
 def flux_models(comfy_nodes):
     from . import tiny_comfy
 
-    ours = tiny_flux(0)
-    for module in ours.modules().values():
-        module.eval()
-    clip = tiny_comfy.comfy_flux_clip(ours.text_encoders["clip_l"], ours.tokenizers["clip_l"], ours.tokenizers["t5"])
-    return tiny_comfy.comfy_flux_model(ours.transformer), clip, tiny_comfy.comfy_vae(ours.vae)
+    return tiny_comfy.comfy_flux_models(tiny_flux(0))
 
 
 @pytest.fixture(scope="module")

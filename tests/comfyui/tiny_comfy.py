@@ -266,3 +266,11 @@ def comfy_controlnet(unet, seed: int = 0):
             parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02)
     device = comfy.model_management.get_torch_device()
     return comfy.controlnet.ControlNet(net, load_device=device, manual_cast_dtype=None)
+
+
+def comfy_flux_models(ours):
+    """ComfyUI MODEL, CLIP and VAE for a diffusers tiny FLUX backend (put in eval mode)."""
+    for module in ours.modules().values():
+        module.eval()
+    clip = comfy_flux_clip(ours.text_encoders["clip_l"], ours.tokenizers["clip_l"], ours.tokenizers["t5"])
+    return comfy_flux_model(ours.transformer), clip, comfy_vae(ours.vae)
