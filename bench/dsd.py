@@ -32,6 +32,7 @@ from ..sprites.attributes import ATTRIBUTES, IDENTITY_ATTRIBUTES, Context, Ident
 from ..sprites.captions import context_phrase
 from ..sprites.oracle import Oracle, context_of, identity_of
 from ..sprites.world import render
+from .grids import one_identity
 from .harness import SamplingSettings, draw
 
 log = logging.getLogger(__name__)
@@ -81,8 +82,7 @@ def pair_agreement(folder: Path, oracle: Oracle) -> dict:
     everything = [same(f"grid{g:06d}_panel{i}.png", f"grid{g:06d}_panel{j}.png")
                   for g in grids for i, j in ordered_pairs(4)]
     kept = [json.loads(line) for line in (folder / "pairs.jsonl").read_text().splitlines()]
-    consistent = [len({identities[4 * n + k] for k in range(4)}) == 1 and identities[4 * n] is not None
-                  for n in range(len(grids))]
+    consistent = one_identity(identities, len(grids))
     return {"grids": len(grids), "grid_consistency": float(np.mean(consistent)),
             "pairs": len(everything), "pair_agreement_unfiltered": float(np.mean(everything)),
             "kept": len(kept), "pair_agreement_kept": float(np.mean([same(p["reference"], p["target"]) for p in kept]))

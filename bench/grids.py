@@ -32,12 +32,17 @@ def grid_prompts(count: int, seed: int) -> tuple[list[str], list[list[Context]]]
     return prompts, contexts
 
 
+def one_identity(identities: list, grids: int) -> list[bool]:
+    """Per grid: do its four panels (consecutive in `identities`) all read as the same identity?"""
+    return [identities[4 * g] is not None and len({identities[4 * g + k] for k in range(4)}) == 1
+            for g in range(grids)]
+
+
 def score_grids(images: torch.Tensor, contexts: list[list[Context]], oracle: Oracle) -> GridScores:
     panels = split_grid(images).reshape(-1, 3, 32, 32)
     reading = oracle.read(panels)
     identities = identity_of(reading)
-    consistent = [len({identities[4 * g + k] for k in range(4)}) == 1 and identities[4 * g] is not None
-                  for g in range(len(contexts))]
+    consistent = one_identity(identities, len(contexts))
     expected = [c for panel_contexts in contexts for c in panel_contexts]
     conform = [int(reading.labels["background"][i]) == c.background and int(reading.labels["position"][i]) == c.position
                for i, c in enumerate(expected)]

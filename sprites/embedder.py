@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.embedding import embed_images, preprocess
-from .attributes import ATTRIBUTES, Context, Identity
+from .attributes import Context, Identity
 from .models import MODELS_DIR
 from .world import render
 
@@ -69,11 +69,18 @@ def train(steps: int, batch: int, seed: int, lr: float = 1e-3):
     return model.eval()
 
 
-def identity_ari(model, characters: int = 20, contexts: int = 10, seed: int = 12345) -> float:
-    """Adjusted Rand index of K-MEANS (K = characters) on embeddings against the true identities."""
+def kmeans_ari(model, images: torch.Tensor, labels: list[int]) -> float:
+    """Adjusted Rand index of K-MEANS++ (K = number of distinct labels) on the embeddings against `labels`."""
     from sklearn.cluster import KMeans
     from sklearn.metrics import adjusted_rand_score
 
+    embeddings = embed_images(model, images).numpy()
+    kmeans = KMeans(n_clusters=len(set(labels)), init="k-means++", n_init=10, random_state=0)
+    return float(adjusted_rand_score(labels, kmeans.fit_predict(embeddings)))
+
+
+def identity_ari(model, characters: int = 20, contexts: int = 10, seed: int = 12345) -> float:
+    """How well K-MEANS (K = characters) on the embeddings recovers the true identities."""
     rng = np.random.default_rng(seed)
     identities = rng.choice(Identity.count(), size=characters, replace=False)
     images, labels = [], []
@@ -81,23 +88,15 @@ def identity_ari(model, characters: int = 20, contexts: int = 10, seed: int = 12
         for _ in range(contexts):
             images.append(render(Identity.from_index(int(index)), Context.random(rng), rng))
             labels.append(label)
-    embeddings = embed_images(model, torch.stack(images)).numpy()
-    clusters = KMeans(n_clusters=characters, init="k-means++", n_init=10, random_state=0).fit_predict(embeddings)
-    return float(adjusted_rand_score(labels, clusters))
+    return kmeans_ari(model, torch.stack(images), labels)
 
 
 def scene_ari(model, images: int = 120, seed: int = 54321) -> float:
-    """Adjusted Rand index of K-MEANS (K = backgrounds) against the *background*: lower is better."""
-    from sklearn.cluster import KMeans
-    from sklearn.metrics import adjusted_rand_score
-
+    """How much K-MEANS (K = backgrounds) follows the *background* instead of the character: lower is better."""
     rng = np.random.default_rng(seed)
     contexts = [Context.random(rng) for _ in range(images)]
     pictures = torch.stack([render(Identity.random(rng), c, rng) for c in contexts])
-    embeddings = embed_images(model, pictures).numpy()
-    k = len(ATTRIBUTES["background"])
-    clusters = KMeans(n_clusters=k, init="k-means++", n_init=10, random_state=0).fit_predict(embeddings)
-    return float(adjusted_rand_score([c.background for c in contexts], clusters))
+    return kmeans_ari(model, pictures, [c.background for c in contexts])
 
 
 def main(argv: list[str] | None = None) -> int:
