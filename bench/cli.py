@@ -14,6 +14,7 @@ from ..cli import load_model
 from .harness import PlainSampling, SamplingSettings, read_characters, run_method
 from .methods.chosen_one import ChosenOneMethod
 from .methods.oneactor import OneActorMethod, OneActorRecipe
+from .methods.reference import NamedIdentity
 from .overrides import parse_overrides
 from .report import markdown_table, table_row, write_contact_sheet
 from .scoring import score
@@ -22,6 +23,7 @@ DEFAULT_PROMPTS = Path(__file__).parent / "prompts" / "sprite_characters.txt"
 # Each factory gets the embedder, the output folder (for the methods' run directories) and --set overrides.
 METHODS = {
     "plain": lambda embedder, out, sets: PlainSampling(),
+    "named-identity": lambda embedder, out, sets: NamedIdentity(),
     "chosen-one-paper": lambda embedder, out, sets: ChosenOneMethod("paper", embedder, out / "runs", overrides=sets),
     "chosen-one-fast": lambda embedder, out, sets: ChosenOneMethod("fast", embedder, out / "runs", overrides=sets),
     "oneactor": lambda embedder, out, sets: OneActorMethod(overrides=sets),

@@ -47,6 +47,15 @@ WORDS: dict[str, tuple[str, ...]] = {
 ADJECTIVE_ATTRIBUTES: tuple[str, ...] = ("shape", "color", "pattern")
 WITH_ATTRIBUTES: tuple[str, ...] = ("eyes", "accessory")
 
+#: Adjective forms of the "with" attributes ("a one eyed hatted blob").  A causal text encoder only
+#: folds words that come *before* the class word into its token, and OneActor steers that token, so
+#: captions must sometimes name every attribute before it.  Not part of the oracle's table hash:
+#: captions do not change how a sprite looks.
+PRENOMINAL_WORDS: dict[str, tuple[str, ...]] = {
+    "eyes": ("two eyed", "one eyed", "sleepy eyed"),
+    "accessory": ("bare", "hatted", "bowed"),
+}
+
 
 def attribute_table_hash() -> str:
     """Short hash of the attribute tables + render version (stored with oracle weights)."""

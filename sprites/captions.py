@@ -1,7 +1,8 @@
 """Captions of sprite-world images and the parser that reads them back.
 
 Single image:  ``a [shape] [color] [pattern] blob [with EYES [and ACCESSORY]] BACKGROUND, POSITION``
-e.g. "a blob on a beach, on the left", "a red striped blob with a hat in a forest, on the right".
+e.g. "a blob on a beach, on the left", "a red striped blob with a hat in a forest, on the right";
+or, with every attribute before the class word, "a one eyed hatted red blob in a forest, on the right".
 
 2x2 grid:  ``a 2x2 grid of the same <blob phrase>: BACKGROUND, POSITION; BACKGROUND, POSITION; ...``
 (four panels, row-major).  All words are lowercase and drawn from :data:`VOCABULARY`;
@@ -21,6 +22,7 @@ from .attributes import (
     CLASS_WORD,
     CONTEXT_ATTRIBUTES,
     IDENTITY_ATTRIBUTES,
+    PRENOMINAL_WORDS,
     WITH_ATTRIBUTES,
     WORDS,
     Context,
@@ -31,10 +33,17 @@ GRID_PREFIX = "a 2x2 grid of the same"
 PUNCTUATION: tuple[str, ...] = (",", ":", ";")
 #: Probability that :func:`random_caption` mentions identity attributes at all.
 MENTION_PROBABILITY = 0.5
+#: Most identity attributes one random caption names.
+MAX_MENTIONED = 3
+#: Probability that a random caption names eyes and accessory before the class word.
+PRENOMINAL_PROBABILITY = 0.5
 
 
-def blob_phrase(identity: Identity, mention: Iterable[str] = ()) -> str:
-    """``"a red striped blob with a hat"``; attributes in ``mention`` are named in a fixed order."""
+def blob_phrase(identity: Identity, mention: Iterable[str] = (), prenominal: bool = False) -> str:
+    """``"a red striped blob with a hat"``; attributes in ``mention`` are named in a fixed order.
+
+    ``prenominal`` names eyes and accessory as adjectives first: ``"a hatted red striped blob"``.
+    """
     mention = set(mention)
     unknown = mention - set(IDENTITY_ATTRIBUTES)
     if unknown:
@@ -42,6 +51,11 @@ def blob_phrase(identity: Identity, mention: Iterable[str] = ()) -> str:
     words = identity.words()
     adjectives = [words[a] for a in ADJECTIVE_ATTRIBUTES if a in mention]
     withs = [words[a] for a in WITH_ATTRIBUTES if a in mention]
+    if prenominal:
+        codes = identity.codes()
+        adjectives = [PRENOMINAL_WORDS[a][codes[IDENTITY_ATTRIBUTES.index(a)]]
+                      for a in WITH_ATTRIBUTES if a in mention] + adjectives
+        withs = []
     phrase = " ".join(["a", *adjectives, CLASS_WORD])
     if withs:
         phrase += " with " + " and ".join(withs)
@@ -54,41 +68,50 @@ def context_phrase(context: Context) -> str:
     return f"{words['background']}, {words['position']}"
 
 
-def caption(identity: Identity, context: Context, mention: Iterable[str] = ()) -> str:
+def caption(identity: Identity, context: Context, mention: Iterable[str] = (), prenominal: bool = False) -> str:
     """Caption of a single render, e.g. ``"a red blob with a hat in a forest, on the right"``."""
-    return f"{blob_phrase(identity, mention)} {context_phrase(context)}"
+    return f"{blob_phrase(identity, mention, prenominal)} {context_phrase(context)}"
 
 
-def grid_caption(identity: Identity, contexts: Sequence[Context], mention: Iterable[str] = ()) -> str:
+def grid_caption(identity: Identity, contexts: Sequence[Context], mention: Iterable[str] = (),
+                 prenominal: bool = False) -> str:
     """Caption of a 2x2 grid: ``"a 2x2 grid of the same blob: on a beach, on the left; ..."``."""
     if len(contexts) != 4:
         raise ValueError(f"a grid has 4 panels, got {len(contexts)} contexts")
-    blob = blob_phrase(identity, mention)[len("a "):]
+    blob = blob_phrase(identity, mention, prenominal)[len("a "):]
     panels = "; ".join(context_phrase(c) for c in contexts)
     return f"{GRID_PREFIX} {blob}: {panels}"
 
 
 def random_mention(rng: np.random.Generator) -> tuple[str, ...]:
-    """With probability 1/2 nothing; otherwise one or two random identity attributes."""
+    """With probability 1/2 nothing; otherwise one to :data:`MAX_MENTIONED` random identity attributes."""
     if rng.random() >= MENTION_PROBABILITY:
         return ()
-    k = int(rng.integers(1, 3))
+    k = int(rng.integers(1, MAX_MENTIONED + 1))
     picked = rng.choice(len(IDENTITY_ATTRIBUTES), size=k, replace=False)
     return tuple(IDENTITY_ATTRIBUTES[i] for i in sorted(picked))
 
 
 def random_caption(identity: Identity, context: Context, rng: np.random.Generator) -> str:
-    return caption(identity, context, random_mention(rng))
+    mention = random_mention(rng)
+    return caption(identity, context, mention, prenominal=rng.random() < PRENOMINAL_PROBABILITY)
 
 
 def random_grid_caption(identity: Identity, contexts: Sequence[Context], rng: np.random.Generator) -> str:
-    return grid_caption(identity, contexts, random_mention(rng))
+    mention = random_mention(rng)
+    return grid_caption(identity, contexts, mention, prenominal=rng.random() < PRENOMINAL_PROBABILITY)
+
+
+def _phrases(attr: str) -> list[tuple[int, str]]:
+    """(value code, phrase) of every way a caption names a value of `attr`."""
+    forms = [WORDS[attr], *([PRENOMINAL_WORDS[attr]] if attr in PRENOMINAL_WORDS else [])]
+    return [(code, phrase) for form in forms for code, phrase in enumerate(form)]
 
 
 def _build_vocabulary() -> list[str]:
     words = {"a", CLASS_WORD, "with", "and", *GRID_PREFIX.split()}
     for attr in IDENTITY_ATTRIBUTES + CONTEXT_ATTRIBUTES:
-        for phrase in WORDS[attr]:
+        for _, phrase in _phrases(attr):
             words.update(phrase.split())
     return sorted(words)
 
@@ -105,7 +128,7 @@ def tokenize(text: str) -> list[str]:
 def _find(attr: str, text: str) -> list[tuple[int, str]]:
     """(offset, value name) of every phrase of ``attr`` found as whole words in ``text``."""
     hits = []
-    for code, phrase in enumerate(WORDS[attr]):
+    for code, phrase in _phrases(attr):
         for m in re.finditer(r"(?<![a-z0-9])" + re.escape(phrase) + r"(?![a-z0-9])", text):
             hits.append((m.start(), ATTRIBUTES[attr][code]))
     return sorted(hits)

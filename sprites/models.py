@@ -27,16 +27,22 @@ def sprite_words() -> list[str]:
     return list(VOCABULARY)
 
 
+def sprite_tokenizers(with_t5: bool):
+    """(CLIP-L tokenizer, second tokenizer: CLIP-G or T5) over the sprite vocabulary."""
+    tokenizer = tiny_models.clip_tokenizer(sprite_words(), max_length=TEXT_MAX_LENGTH)
+    if with_t5:
+        return tokenizer, tiny_models.t5_tokenizer(sprite_words(), max_length=TEXT_MAX_LENGTH)
+    return tokenizer, tiny_models.clip_tokenizer(sprite_words(), max_length=TEXT_MAX_LENGTH, pad_with_bang=True)
+
+
 def _text_encoders(hidden: int, with_t5: bool):
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
-    tokenizer = tiny_models.clip_tokenizer(sprite_words(), max_length=TEXT_MAX_LENGTH)
+    tokenizer, tokenizer_2 = sprite_tokenizers(with_t5)
     clip_l = CLIPTextModel(tiny_models.clip_text_config(tokenizer, hidden, layers=3))
     if not with_t5:
-        tokenizer_2 = tiny_models.clip_tokenizer(sprite_words(), max_length=TEXT_MAX_LENGTH, pad_with_bang=True)
         second = CLIPTextModelWithProjection(tiny_models.clip_text_config(tokenizer_2, hidden, layers=3))
         return clip_l, second, tokenizer, tokenizer_2
-    tokenizer_2 = tiny_models.t5_tokenizer(sprite_words(), max_length=TEXT_MAX_LENGTH)
     t5 = T5EncoderModel(T5Config(
         vocab_size=len(tokenizer_2), d_model=hidden, d_kv=hidden // 4, d_ff=hidden * 2, num_layers=3, num_heads=4,
         relative_attention_num_buckets=16, feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1,
@@ -75,6 +81,53 @@ def build_flux(seed: int = 0) -> dict:
     scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)
     return dict(transformer=transformer, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
                 tokenizer=tokenizer, tokenizer_2=tokenizer_2, vae=vae, scheduler=scheduler)
+
+
+#: New caption words start from the embedding of the word they derive from.
+RELATED_WORDS = {"eyed": "eyes", "hatted": "hat", "bowed": "bow", "bare": "no"}
+
+
+def _word_of(token: str) -> tuple[str, str, str]:
+    """(prefix marker, bare word, suffix marker) of a BPE ("eye</w>") or SentencePiece ("▁eye") token."""
+    prefix = "▁" if token.startswith("▁") else ""
+    suffix = "</w>" if token.endswith("</w>") else ""
+    return prefix, token[len(prefix):len(token) - len(suffix)], suffix
+
+
+@torch.no_grad()
+def carry_over_vocabulary(encoder, old_tokenizer, new_tokenizer) -> list[str]:
+    """Give a trained text encoder the embedding table of `new_tokenizer`, keeping every known token's row.
+
+    Unknown tokens start from a related word's row (:data:`RELATED_WORDS`) or the mean row, so a
+    vocabulary can grow without retraining from scratch. Returns the tokens that were new.
+    """
+    old_vocab, old_rows = old_tokenizer.get_vocab(), encoder.get_input_embeddings().weight
+    rows = old_rows.mean(dim=0, keepdim=True).repeat(len(new_tokenizer), 1)
+    new_tokens = []
+    for token, index in new_tokenizer.get_vocab().items():
+        prefix, word, suffix = _word_of(token)
+        source = token if token in old_vocab else prefix + RELATED_WORDS.get(word, "") + suffix
+        if token not in old_vocab:
+            new_tokens.append(token)
+        if source in old_vocab:
+            rows[index] = old_rows[old_vocab[source]]
+    encoder.set_input_embeddings(torch.nn.Embedding.from_pretrained(rows.clone(), freeze=False))
+    encoder.config.vocab_size = len(new_tokenizer)
+    return sorted(new_tokens)
+
+
+def load_for_finetuning(family: str, folder: Path) -> dict:
+    """A trained sprite pipeline's components in float32, text encoders moved onto today's vocabulary."""
+    from diffusers import FluxPipeline, StableDiffusionXLPipeline
+
+    cls = StableDiffusionXLPipeline if family == "sdxl" else FluxPipeline
+    parts = {k: v for k, v in cls.from_pretrained(str(folder), torch_dtype=torch.float32).components.items()
+             if v is not None}
+    tokenizer, tokenizer_2 = sprite_tokenizers(with_t5=family == "flux")
+    carry_over_vocabulary(parts["text_encoder"], parts["tokenizer"], tokenizer)
+    carry_over_vocabulary(parts["text_encoder_2"], parts["tokenizer_2"], tokenizer_2)
+    parts.update(tokenizer=tokenizer, tokenizer_2=tokenizer_2)
+    return parts
 
 
 def load_sprite_model(family: str = "sdxl", device: str = "cpu"):

@@ -23,7 +23,7 @@ from ..core.checkpoint import atomic_write_json, load_checkpoint, save_checkpoin
 from ..core.training import denoising_error
 from .attributes import Context, Identity
 from .captions import random_caption, random_grid_caption
-from .models import FLUX_DIR, SDXL_DIR, build_flux, build_sdxl
+from .models import FLUX_DIR, SDXL_DIR, build_flux, build_sdxl, load_for_finetuning
 from .world import render, render_grid
 
 log = logging.getLogger(__name__)
@@ -113,13 +113,25 @@ def denoiser_loss(backend, images, captions, generator, drop_rate: float = 0.1) 
     return denoising_error(backend, latents, cond, generator).mean()
 
 
+def exponential_average(modules: dict, decay: float):
+    """An EMA copy of `modules` (torch's AveragedModel); averages out the noise of late training steps."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(torch.nn.ModuleDict(modules), multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 def train_denoiser(backend, steps: int, batch: int, run_dir: Path, seed: int, grid_every: int = 0,
-                   lr: float = 4e-4) -> tuple[list[float], float]:
-    """Denoiser + text encoders; every `grid_every`-th step is a batch of 2×2 grids (0 = never)."""
+                   lr: float = 4e-4, ema_decay: float = 0.0) -> tuple[list[float], float]:
+    """Denoiser + text encoders; every `grid_every`-th step is a batch of 2×2 grids (0 = never).
+
+    With `ema_decay` > 0 the modules end with the exponential moving average of their weights.
+    """
     modules = {"denoiser": backend.denoiser, **backend.text_encoders}
     params = [p for m in modules.values() for p in m.parameters()]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
-    state = load_checkpoint(run_dir, modules, optimizer) or {"step": 0, "extra": {"losses": []}}
+    ema = exponential_average(modules, ema_decay) if ema_decay else None
+    saved = {**modules, **({"ema": ema} if ema else {})}
+    state = load_checkpoint(run_dir, saved, optimizer) or {"step": 0, "extra": {"losses": []}}
     losses, clock = state["extra"]["losses"], Clock(state["extra"].get("seconds", 0.0))
     for module in modules.values():
         module.train()
@@ -134,10 +146,14 @@ def train_denoiser(backend, steps: int, batch: int, run_dir: Path, seed: int, gr
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
+        if ema is not None:
+            ema.update_parameters(torch.nn.ModuleDict(modules))
         losses.append(round(loss.item(), 5))
         if (step + 1) % 200 == 0 or step + 1 == steps:
-            save_checkpoint(run_dir, step + 1, modules, optimizer, extra={"losses": losses, "seconds": clock.seconds()})
+            save_checkpoint(run_dir, step + 1, saved, optimizer, extra={"losses": losses, "seconds": clock.seconds()})
             log.info("denoiser step %d/%d loss %.4f", step + 1, steps, np.mean(losses[-200:]))
+    if ema is not None:
+        torch.nn.ModuleDict(modules).load_state_dict(ema.module.state_dict())
     for module in modules.values():
         module.eval()
     return losses, clock.seconds()
@@ -180,6 +196,38 @@ def write_card(folder: Path, family: str, args, vae_losses, losses, stats: dict,
     (folder / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
 
 
+def write_finetune_card(folder: Path, previous_card: str, args, losses, seconds: float, size: int):
+    lines = [
+        previous_card.rstrip(), "", "## Stage 2: fine-tuned on the grown caption grammar", "",
+        "Captions now also name eyes and accessory as adjectives before the class word "
+        "(\"a one eyed hatted red blob\") and name up to three identity attributes; the text encoders "
+        "keep every trained token row and learn the new words from related ones.",
+        f"* {args.steps} steps × {args.batch}, learning rate {args.lr}, EMA decay {args.ema} (the EMA weights are saved)"
+        + (f", every {args.grid_every}-th step a batch of grids" if args.grid_every else ""),
+        f"* final loss {np.mean(losses[-200:]):.4f}; {seconds:.0f} s on {torch.get_num_threads()} CPU threads",
+        f"* weights: {size / 1e6:.1f} MB (float16 safetensors)",
+        "", f"Reproduce (after stage 1): `python -m protagonist.sprites.train_models {args.family} --finetune-from "
+            f"<stage-1 folder> --steps {args.steps} --lr {args.lr} --ema {args.ema} --grid-every {args.grid_every} "
+            f"--seed {args.seed}`",
+    ]
+    (folder / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
+
+
+def finetune(args, run_dir: Path, folder: Path) -> int:
+    source = Path(args.finetune_from)
+    previous_card = (source / "MODEL_CARD.md").read_text()
+    parts = load_for_finetuning(args.family, source)
+    parts["vae"].requires_grad_(False)
+    backend = backend_from_components(args.family, parts)
+    losses, seconds = train_denoiser(backend, args.steps, args.batch, run_dir / "finetune", args.seed,
+                                     args.grid_every, lr=args.lr, ema_decay=args.ema)
+    size = save_pipeline(args.family, parts, folder)
+    write_finetune_card(folder, previous_card, args, losses, seconds, size)
+    atomic_write_json({"losses": losses, "seconds": seconds}, run_dir / "finetune-curves.json")
+    log.info("saved %s (%.1f MB)", folder, size / 1e6)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("family", choices=["sdxl", "flux"])
@@ -191,11 +239,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--run-dir", default=None)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--lr", type=float, default=4e-4)
+    parser.add_argument("--ema", type=float, default=0.0, help="EMA decay of the saved weights (0 = no EMA)")
+    parser.add_argument("--finetune-from", default=None,
+                        help="a trained sprite model folder: keep its VAE, carry its text encoders onto today's "
+                             "vocabulary and train the denoiser further")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     torch.set_num_threads(args.threads)
     args.grid_every = (3 if args.family == "flux" else 0) if args.grid_every is None else args.grid_every
     run_dir = Path(args.run_dir or f"runs/sprite-{args.family}")
+    folder = Path(args.out) if args.out else (SDXL_DIR if args.family == "sdxl" else FLUX_DIR)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    if args.finetune_from:
+        return finetune(args, run_dir, folder)
     parts = build_sdxl(args.seed) if args.family == "sdxl" else build_flux(args.seed)
     backend = backend_from_components(args.family, parts)
     seconds = {}
@@ -204,9 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     stats = standardise_latents(parts["vae"], config.scaling_factor, config.shift_factor or 0.0, args.seed)
     parts["vae"].requires_grad_(False)
     losses, seconds["denoiser"] = train_denoiser(backend, args.steps, args.batch, run_dir / "denoiser", args.seed,
-                                                 args.grid_every)
-    folder = Path(args.out) if args.out else (SDXL_DIR if args.family == "sdxl" else FLUX_DIR)
-    folder.parent.mkdir(parents=True, exist_ok=True)
+                                                 args.grid_every, lr=args.lr, ema_decay=args.ema)
     size = save_pipeline(args.family, parts, folder)
     write_card(folder, args.family, args, vae_losses, losses, stats, seconds, size)
     atomic_write_json({"vae_losses": vae_losses, "losses": losses, "seconds": seconds}, run_dir / "curves.json")

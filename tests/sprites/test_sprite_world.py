@@ -114,6 +114,8 @@ def test_captions_examples():
     assert caption(ident, Context("beach", "left")) == "a blob on a beach, on the left"
     assert (caption(ident, Context("forest", "right"), ("color", "pattern", "accessory"))
             == "a red striped blob with a hat in a forest, on the right")
+    assert (caption(ident, Context("forest", "right"), IDENTITY_ATTRIBUTES, prenominal=True)
+            == "a two eyed hatted round red striped blob in a forest, on the right")
     assert (grid_caption(ident, [Context("beach", "left"), Context("forest", "right"),
                                  Context("night", "center"), Context("city", "left")])
             == "a 2x2 grid of the same blob: on a beach, on the left; in a forest, on the right; "
@@ -125,7 +127,7 @@ def test_parse_prompt_round_trip_over_random_captions():
     for _ in range(1500):
         ident, ctx = Identity.random(rng), Context.random(rng)
         mention = random_mention(rng)
-        parsed = parse_prompt(caption(ident, ctx, mention))
+        parsed = parse_prompt(caption(ident, ctx, mention, prenominal=bool(rng.integers(2))))
         expected = {**{a: ident.names()[a] for a in mention}, **ctx.names()}
         assert parsed == expected
     assert parse_prompt("A Blob  at NIGHT,   on the Right!") == {"background": "night", "position": "right"}
@@ -137,7 +139,7 @@ def test_parse_grid_prompt_round_trip():
         ident = Identity.random(rng)
         ctxs = [Context.random(rng) for _ in range(4)]
         mention = random_mention(rng)
-        parsed = parse_prompt(grid_caption(ident, ctxs, mention))
+        parsed = parse_prompt(grid_caption(ident, ctxs, mention, prenominal=bool(rng.integers(2))))
         assert parsed.pop("grid") is True
         assert parsed.pop("panels") == [c.names() for c in ctxs]
         assert parsed == {a: ident.names()[a] for a in mention}
@@ -148,7 +150,7 @@ def test_random_caption_mentions_about_half_the_time():
     mentions = [random_mention(rng) for _ in range(2000)]
     frac = sum(1 for m in mentions if m) / len(mentions)
     assert 0.45 < frac < 0.55
-    assert max(len(m) for m in mentions) == 2
+    assert max(len(m) for m in mentions) == 3
     assert {a for m in mentions for a in m} == set(IDENTITY_ATTRIBUTES)
     assert random_caption(Identity.from_index(3), Context.from_index(3), np.random.default_rng(5)).endswith(
         Context.from_index(3).words()["position"])
@@ -161,7 +163,7 @@ def test_vocabulary_covers_every_caption_word():
     used = set()
     all_mentions = [(), tuple(IDENTITY_ATTRIBUTES)]
     for i, c in itertools.product(range(world.N_IDENTITIES), range(world.N_CONTEXTS)):
-        text = caption(Identity.from_index(i), Context.from_index(c), all_mentions[(i + c) % 2])
+        text = caption(Identity.from_index(i), Context.from_index(c), all_mentions[(i + c) % 2], prenominal=c % 3 == 0)
         assert re.fullmatch(r"[a-z0-9 ,]+", text)
         used.update(world.tokenize(text))
     grid = grid_caption(Identity.from_index(5), [Context.from_index(k) for k in range(4)], IDENTITY_ATTRIBUTES)
