@@ -32,9 +32,10 @@ from .attributes import (
 GRID_PREFIX = "a 2x2 grid of the same"
 PUNCTUATION: tuple[str, ...] = (",", ":", ";")
 #: Probability that :func:`random_caption` mentions identity attributes at all.
-MENTION_PROBABILITY = 0.5
-#: Most identity attributes one random caption names.
-MAX_MENTIONED = 3
+MENTION_PROBABILITY = 0.7
+#: Most identity attributes one random caption names (all five, so fully described characters are
+#: in the training distribution).
+MAX_MENTIONED = 5
 #: Probability that a random caption names eyes and accessory before the class word.
 PRENOMINAL_PROBABILITY = 0.5
 
@@ -84,7 +85,7 @@ def grid_caption(identity: Identity, contexts: Sequence[Context], mention: Itera
 
 
 def random_mention(rng: np.random.Generator) -> tuple[str, ...]:
-    """With probability 1/2 nothing; otherwise one to :data:`MAX_MENTIONED` random identity attributes."""
+    """With probability 1 - MENTION_PROBABILITY nothing; otherwise one to :data:`MAX_MENTIONED` random identity attributes."""
     if rng.random() >= MENTION_PROBABILITY:
         return ()
     k = int(rng.integers(1, MAX_MENTIONED + 1))

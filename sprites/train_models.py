@@ -22,7 +22,7 @@ from ..core.backends.loading import backend_from_components
 from ..core.checkpoint import atomic_write_json, load_checkpoint, save_checkpoint
 from ..core.training import denoising_error
 from .attributes import Context, Identity
-from .captions import random_caption, random_grid_caption
+from .captions import MAX_MENTIONED, MENTION_PROBABILITY, random_caption, random_grid_caption
 from .models import FLUX_DIR, SDXL_DIR, build_flux, build_sdxl, load_for_finetuning
 from .world import render, render_grid
 
@@ -197,17 +197,18 @@ def write_card(folder: Path, family: str, args, vae_losses, losses, stats: dict,
 
 
 def write_finetune_card(folder: Path, previous_card: str, args, losses, seconds: float, size: int):
+    stage = previous_card.count("## Stage") + 2
     lines = [
-        previous_card.rstrip(), "", "## Stage 2: fine-tuned on the grown caption grammar", "",
-        "Captions now also name eyes and accessory as adjectives before the class word "
-        "(\"a one eyed hatted red blob\") and name up to three identity attributes; the text encoders "
-        "keep every trained token row and learn the new words from related ones.",
+        previous_card.rstrip(), "", f"## Stage {stage}: fine-tuned on today's caption grammar", "",
+        f"Captions name identity attributes with probability {MENTION_PROBABILITY} (one to {MAX_MENTIONED} of "
+        "them), sometimes as adjectives before the class word (\"a one eyed hatted red blob\"); the text "
+        "encoders keep every trained token row and learn new words from related ones.",
         f"* {args.steps} steps × {args.batch}, learning rate {args.lr}, EMA decay {args.ema} (the EMA weights are saved)"
         + (f", every {args.grid_every}-th step a batch of grids" if args.grid_every else ""),
         f"* final loss {np.mean(losses[-200:]):.4f}; {seconds:.0f} s on {torch.get_num_threads()} CPU threads",
         f"* weights: {size / 1e6:.1f} MB (float16 safetensors)",
-        "", f"Reproduce (after stage 1): `python -m protagonist.sprites.train_models {args.family} --finetune-from "
-            f"<stage-1 folder> --steps {args.steps} --lr {args.lr} --ema {args.ema} --grid-every {args.grid_every} "
+        "", f"Reproduce (after the stages above): `python -m protagonist.sprites.train_models {args.family} --finetune-from "
+            f"<previous stage folder> --steps {args.steps} --lr {args.lr} --ema {args.ema} --grid-every {args.grid_every} "
             f"--seed {args.seed}`",
     ]
     (folder / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from protagonist.sprites import world
-from protagonist.sprites.captions import random_mention
+from protagonist.sprites.captions import MENTION_PROBABILITY, random_mention
 from protagonist.sprites.world import (
     ATTRIBUTES,
     CONTEXT_ATTRIBUTES,
@@ -145,12 +145,12 @@ def test_parse_grid_prompt_round_trip():
         assert parsed == {a: ident.names()[a] for a in mention}
 
 
-def test_random_caption_mentions_about_half_the_time():
+def test_random_caption_mentions_identity_at_the_set_rate():
     rng = np.random.default_rng(2)
     mentions = [random_mention(rng) for _ in range(2000)]
     frac = sum(1 for m in mentions if m) / len(mentions)
-    assert 0.45 < frac < 0.55
-    assert max(len(m) for m in mentions) == 3
+    assert abs(frac - MENTION_PROBABILITY) < 0.05
+    assert max(len(m) for m in mentions) == 5
     assert {a for m in mentions for a in m} == set(IDENTITY_ATTRIBUTES)
     assert random_caption(Identity.from_index(3), Context.from_index(3), np.random.default_rng(5)).endswith(
         Context.from_index(3).words()["position"])
