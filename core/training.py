@@ -9,10 +9,28 @@ import torch
 from .interface import Conditioning, DiffusionBackend, ProtagonistError
 
 
+def noisiest_sigmas(schedule, batch: int, generator: torch.Generator, share: float) -> torch.Tensor:
+    """Sigmas drawn uniformly from the noisiest `share` of the sampling schedule's 1000 levels.
+
+    A character's look (shape, colour, pattern) is settled in the first, noisiest steps of sampling;
+    training only there spends every step on identity instead of on texture.
+    """
+    levels = schedule.sampling_sigmas(1000)[:-1]  # noisiest first
+    kept = levels[: max(1, round(share * len(levels)))]
+    return kept[torch.randint(len(kept), (batch,), generator=generator)]
+
+
 def denoising_error(backend: DiffusionBackend, latents: torch.Tensor, cond: Conditioning,
-                    generator: torch.Generator) -> torch.Tensor:
-    """Elementwise squared error of the network's native output against its training target."""
-    sigma = backend.schedule.training_sigmas(latents.shape[0], generator).to(latents.device)
+                    generator: torch.Generator, noisiest_share: float = 1.0) -> torch.Tensor:
+    """Elementwise squared error of the network's native output against its training target.
+
+    Noise levels are drawn as the family was trained, or with `noisiest_share` < 1 from the noisiest
+    part of the schedule only (:func:`noisiest_sigmas`).
+    """
+    if noisiest_share < 1.0:
+        sigma = noisiest_sigmas(backend.schedule, latents.shape[0], generator, noisiest_share).to(latents.device)
+    else:
+        sigma = backend.schedule.training_sigmas(latents.shape[0], generator).to(latents.device)
     noise = torch.randn(latents.shape, generator=generator).to(latents)
     output = backend.raw_predict(backend.schedule.add_noise(latents, noise, sigma), sigma, cond)
     return (output.float() - backend.schedule.training_target(latents, noise, sigma).float()).pow(2)

@@ -39,6 +39,9 @@ class OneActorTuning:
     lambda_aver: float = 0.3
     templates: tuple[str, ...] = DEFAULT_TEMPLATES
     seed: int = 0
+    # 1.0: noise levels as the model was trained (the paper). Less: only the noisiest part of the
+    # schedule, where the character is settled (see bench/results/sprite_methods.md for the measurement).
+    noisiest_share: float = 1.0
 
 
 @dataclass
@@ -77,6 +80,8 @@ def tune_projector(backend: DiffusionBackend, data: ProposalSet, base_word: str,
                    callback=None) -> TunedProjector:
     if data.latents.shape[0] < 2:
         raise ProtagonistError("OneActor needs the target and at least one auxiliary proposal")
+    if not 0.0 < settings.noisiest_share <= 1.0:
+        raise ProtagonistError(f"noisiest_share must be in (0, 1] (1 = every noise level), got {settings.noisiest_share}")
     generator = torch.Generator().manual_seed(settings.seed)
     projector = new_projector(backend, data.features, settings.seed).to(backend.device)
     optimizer = torch.optim.AdamW(projector.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
@@ -109,5 +114,5 @@ def _step_loss(backend, projector, data: ProposalSet, template_conds, base_word,
     choice = torch.randint(0, len(template_conds), (latents.shape[0],), generator=generator).tolist()
     cond = concat_conditionings([template_conds[c] for c in choice])
     cond = apply_word_offset(cond, WordOffset(base_word, offsets))
-    errors = per_sample(denoising_error(backend, latents, cond, generator))
+    errors = per_sample(denoising_error(backend, latents, cond, generator, settings.noisiest_share))
     return errors[0] + settings.lambda_aux * errors[1:-1].mean() + settings.lambda_aver * errors[-1]

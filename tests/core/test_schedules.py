@@ -178,3 +178,14 @@ def test_flux_shift_matches_diffusers():
     pipeline_flux = pytest.importorskip("diffusers.pipelines.flux.pipeline_flux")
     for tokens in (256, 1024, 2304, 4096):
         assert math.log(flux_shift(tokens)) == pytest.approx(pipeline_flux.calculate_shift(tokens), rel=1e-9)
+
+
+def test_noisiest_sigmas_stay_in_the_noisiest_share_of_the_schedule():
+    from protagonist.core.schedules import DiscreteSchedule, FlowSchedule
+    from protagonist.core.training import noisiest_sigmas
+
+    for schedule in (DiscreteSchedule(), FlowSchedule(shift=1.6)):
+        levels = schedule.sampling_sigmas(1000)[:-1]
+        drawn = noisiest_sigmas(schedule, 512, torch.Generator().manual_seed(0), 0.25)
+        assert drawn.min() >= levels[249] and drawn.max() <= levels[0]
+        assert len(drawn.unique()) > 100  # spread over the share, not one level
