@@ -113,7 +113,19 @@ def carry_over_vocabulary(encoder, old_tokenizer, new_tokenizer) -> list[str]:
             rows[index] = old_rows[old_vocab[source]]
     encoder.set_input_embeddings(torch.nn.Embedding.from_pretrained(rows.clone(), freeze=False))
     encoder.config.vocab_size = len(new_tokenizer)
+    _renumber_special_tokens(encoder, new_tokenizer)
     return sorted(new_tokens)
+
+
+def _renumber_special_tokens(encoder, tokenizer) -> None:
+    """Special-token ids follow the tokenizer: CLIP pools at the eos id, so a stale id pools the wrong token."""
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        value = getattr(tokenizer, name, None)
+        if value is not None and hasattr(encoder.config, name):
+            setattr(encoder.config, name, value)
+    for module in (encoder, getattr(encoder, "text_model", None)):  # transformers 5 / 4 layouts
+        if module is not None and isinstance(getattr(module, "eos_token_id", None), int):
+            module.eos_token_id = tokenizer.eos_token_id
 
 
 def load_for_finetuning(family: str, folder: Path) -> dict:

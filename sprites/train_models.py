@@ -204,7 +204,7 @@ def write_finetune_card(folder: Path, previous_card: str, args, losses, seconds:
         "them), sometimes as adjectives before the class word (\"a one eyed hatted red blob\"); the text "
         "encoders keep every trained token row and learn new words from related ones.",
         f"* {args.steps} steps × {args.batch}, learning rate {args.lr}, EMA decay {args.ema} (the EMA weights are saved)"
-        + (f", every {args.grid_every}-th step a batch of grids" if args.grid_every else ""),
+        + (f", one batch of grids every {args.grid_every} steps" if args.grid_every else ""),
         f"* final loss {np.mean(losses[-200:]):.4f}; {seconds:.0f} s on {torch.get_num_threads()} CPU threads",
         f"* weights: {size / 1e6:.1f} MB (float16 safetensors)",
         "", f"Reproduce (after the stages above): `python -m protagonist.sprites.train_models {args.family} --finetune-from "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from protagonist.bench.harness import SamplingSettings, draw
 from protagonist.sprites.captions import parse_prompt
@@ -31,3 +32,28 @@ def test_missing_model_says_how_to_train_it(monkeypatch, tmp_path):
     monkeypatch.setattr(models, "SDXL_DIR", tmp_path / "nothing")
     with pytest.raises(FileNotFoundError, match="train_models sdxl"):
         models.load_sprite_model("sdxl")
+
+
+def test_carry_over_vocabulary_keeps_known_rows_and_pools_at_the_new_eos():
+    from transformers import CLIPTextModel
+
+    from protagonist.core import tiny_models
+    from protagonist.sprites.models import carry_over_vocabulary
+
+    old = tiny_models.clip_tokenizer(["a", "blob", "hat"], max_length=16)
+    new = tiny_models.clip_tokenizer(["a", "blob", "hat", "hatted", "zebra"], max_length=16)
+    torch.manual_seed(0)
+    encoder = CLIPTextModel(tiny_models.clip_text_config(old, 32, layers=1)).eval()
+    rows = encoder.get_input_embeddings().weight.detach().clone()
+    with torch.no_grad():
+        before = encoder(old("a blob", padding="max_length", return_tensors="pt").input_ids)
+    added = carry_over_vocabulary(encoder, old, new)
+    assert "hatted</w>" in added and "blob</w>" not in added
+    table = encoder.get_input_embeddings().weight
+    assert table.shape[0] == len(new)
+    assert torch.equal(table[new.get_vocab()["hatted</w>"]], rows[old.get_vocab()["hat</w>"]])
+    with torch.no_grad():
+        after = encoder(new("a blob", padding="max_length", return_tensors="pt").input_ids)
+    assert torch.allclose(before.last_hidden_state, after.last_hidden_state)
+    assert torch.allclose(before.pooler_output, after.pooler_output)
+    assert encoder.config.eos_token_id == new.eos_token_id != old.eos_token_id
