@@ -28,7 +28,7 @@ METHODS = {
     "chosen-one-fast": lambda embedder, out, sets: ChosenOneMethod("fast", embedder, out / "runs", overrides=sets),
     "oneactor": lambda embedder, out, sets: OneActorMethod(overrides=sets),
     "oneactor-no-aux": lambda embedder, out, sets: OneActorMethod(
-        "oneactor-no-aux", recipe=OneActorRecipe(guidance=replace(OneActorRecipe().guidance, eta_target=3.0, eta_aux=0.0)),
+        "oneactor-no-aux", recipe=OneActorRecipe(guidance=replace(OneActorRecipe().guidance, eta_target=5.0, eta_aux=0.0)),
         overrides=sets),
 }
 
