@@ -53,9 +53,7 @@ def blob_phrase(identity: Identity, mention: Iterable[str] = (), prenominal: boo
     adjectives = [words[a] for a in ADJECTIVE_ATTRIBUTES if a in mention]
     withs = [words[a] for a in WITH_ATTRIBUTES if a in mention]
     if prenominal:
-        codes = identity.codes()
-        adjectives = [PRENOMINAL_WORDS[a][codes[IDENTITY_ATTRIBUTES.index(a)]]
-                      for a in WITH_ATTRIBUTES if a in mention] + adjectives
+        adjectives = [PRENOMINAL_WORDS[a][getattr(identity, a)] for a in WITH_ATTRIBUTES if a in mention] + adjectives
         withs = []
     phrase = " ".join(["a", *adjectives, CLASS_WORD])
     if withs:
@@ -93,14 +91,18 @@ def random_mention(rng: np.random.Generator) -> tuple[str, ...]:
     return tuple(IDENTITY_ATTRIBUTES[i] for i in sorted(picked))
 
 
-def random_caption(identity: Identity, context: Context, rng: np.random.Generator) -> str:
+def random_naming(rng: np.random.Generator) -> tuple[tuple[str, ...], bool]:
+    """(attributes to mention, whether eyes and accessory go before the class word)."""
     mention = random_mention(rng)
-    return caption(identity, context, mention, prenominal=rng.random() < PRENOMINAL_PROBABILITY)
+    return mention, rng.random() < PRENOMINAL_PROBABILITY
+
+
+def random_caption(identity: Identity, context: Context, rng: np.random.Generator) -> str:
+    return caption(identity, context, *random_naming(rng))
 
 
 def random_grid_caption(identity: Identity, contexts: Sequence[Context], rng: np.random.Generator) -> str:
-    mention = random_mention(rng)
-    return grid_caption(identity, contexts, mention, prenominal=rng.random() < PRENOMINAL_PROBABILITY)
+    return grid_caption(identity, contexts, *random_naming(rng))
 
 
 def _phrases(attr: str) -> list[tuple[int, str]]:

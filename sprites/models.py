@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ..core import tiny_models
-from ..core.backends.loading import load_backend
+from ..core.backends.loading import load_backend, load_pipeline
 from .captions import VOCABULARY
 
 MODELS_DIR = Path(__file__).parent / "models"
@@ -130,11 +130,8 @@ def _renumber_special_tokens(encoder, tokenizer) -> None:
 
 def load_for_finetuning(family: str, folder: Path) -> dict:
     """A trained sprite pipeline's components in float32, text encoders moved onto today's vocabulary."""
-    from diffusers import FluxPipeline, StableDiffusionXLPipeline
-
-    cls = StableDiffusionXLPipeline if family == "sdxl" else FluxPipeline
-    parts = {k: v for k, v in cls.from_pretrained(str(folder), torch_dtype=torch.float32).components.items()
-             if v is not None}
+    pipe, _ = load_pipeline(str(folder), family)
+    parts = {k: v for k, v in pipe.components.items() if v is not None}
     tokenizer, tokenizer_2 = sprite_tokenizers(with_t5=family == "flux")
     carry_over_vocabulary(parts["text_encoder"], parts["tokenizer"], tokenizer)
     carry_over_vocabulary(parts["text_encoder_2"], parts["tokenizer_2"], tokenizer_2)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.backends.loading import backend_from_components
+from ..core.backends.loading import backend_from_components, pipeline_class
 from ..core.checkpoint import atomic_write_json, load_checkpoint, save_checkpoint
 from ..core.training import denoising_error
 from .attributes import Context, Identity
@@ -161,10 +161,7 @@ def train_denoiser(backend, steps: int, batch: int, run_dir: Path, seed: int, gr
 
 def save_pipeline(family: str, parts: dict, folder: Path) -> int:
     """Save as a diffusers pipeline with float16 weights; returns the bytes written."""
-    from diffusers import FluxPipeline, StableDiffusionXLPipeline
-
-    cls = StableDiffusionXLPipeline if family == "sdxl" else FluxPipeline
-    pipe = cls(**parts)
+    pipe = pipeline_class(family)(**parts)
     pipe.to(torch.float16)
     tmp = folder.with_name(folder.name + ".tmp")
     pipe.save_pretrained(str(tmp), safe_serialization=True)

@@ -26,7 +26,8 @@ def detect_family(source: str) -> str:
     return "flux" if "flux" in Path(source).name.lower() else "sdxl"
 
 
-def _pipeline_class(family: str):
+def pipeline_class(family: str):
+    """The diffusers pipeline class of `family` ("sdxl" or "flux")."""
     from diffusers import FluxPipeline, StableDiffusionXLPipeline
 
     if family not in ("sdxl", "flux"):
@@ -42,7 +43,7 @@ def load_pipeline(source: str, family: str | None = None, dtype: torch.dtype = t
     machine is offline.
     """
     family = family or detect_family(source)
-    cls = _pipeline_class(family)
+    cls = pipeline_class(family)
     path = Path(source)
     try:
         if path.is_file():

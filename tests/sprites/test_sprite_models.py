@@ -57,3 +57,20 @@ def test_carry_over_vocabulary_keeps_known_rows_and_pools_at_the_new_eos():
     assert torch.allclose(before.last_hidden_state, after.last_hidden_state)
     assert torch.allclose(before.pooler_output, after.pooler_output)
     assert encoder.config.eos_token_id == new.eos_token_id != old.eos_token_id
+
+
+def test_finetune_from_the_shipped_model_writes_a_loadable_model_and_numbers_its_stage(tmp_path):
+    from protagonist.core.backends.loading import load_backend
+    from protagonist.sprites.models import SDXL_DIR
+    from protagonist.sprites.train_models import main
+
+    out = tmp_path / "model"
+    args = ["sdxl", "--finetune-from", str(SDXL_DIR), "--steps", "2", "--batch", "2", "--ema", "0.9",
+            "--threads", "1", "--run-dir", str(tmp_path / "run"), "--out", str(out)]
+    assert main(args) == 0
+    card = (out / "MODEL_CARD.md").read_text()
+    before = (SDXL_DIR / "MODEL_CARD.md").read_text()
+    assert card.startswith(before.rstrip())
+    assert f"## Stage {before.count('## Stage') + 2}:" in card
+    backend = load_backend(str(out), family="sdxl")
+    assert backend.encode_prompts(["a one eyed hatted blob"]).embeds.isfinite().all()
