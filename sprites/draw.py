@@ -164,6 +164,11 @@ def _accessory(img: np.ndarray, identity: Identity, cx: float, cy: float, r: flo
 # ---------------------------------------------------------------------- public
 def draw(identity: Identity, context: Context, rng: np.random.Generator) -> np.ndarray:
     """Draw one sprite as float32 [32, 32, 3]; consumes exactly four draws from ``rng``."""
+    return draw_with_mask(identity, context, rng)[0]
+
+
+def draw_with_mask(identity: Identity, context: Context, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`draw`, plus the bool [32, 32] mask of the pixels the character covers (outline to hat)."""
     jitter = rng.uniform(-1.0, 1.0, size=4)
     cx = POSITION_X[context.position] + 1.5 * jitter[0]
     cy = BODY_Y + 1.0 * jitter[1]
@@ -172,6 +177,7 @@ def draw(identity: Identity, context: Context, rng: np.random.Generator) -> np.n
 
     img = np.empty((SIZE, SIZE, 3), dtype=np.float32)
     _background(img, context.background, horizon)
+    background = img.copy()
     img[_body_mask(identity.shape, cx, cy, r, grow=1.0)] = OUTLINE
     body = _body_mask(identity.shape, cx, cy, r)
     color = BODY_COLORS[identity.color]
@@ -179,4 +185,4 @@ def draw(identity: Identity, context: Context, rng: np.random.Generator) -> np.n
     img[_pattern_mask(identity.pattern, body, cx, cy, r)] = SHADE * color
     _eyes(img, identity, body, cx, cy, r)
     _accessory(img, identity, cx, cy, r)
-    return img
+    return img, (img != background).any(axis=-1)

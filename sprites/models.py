@@ -21,6 +21,10 @@ SDXL_DIR, FLUX_DIR = MODELS_DIR / "sdxl", MODELS_DIR / "flux"
 SPRITE_SIZE, GRID_SIZE = 32, 64
 VAE_WIDTH = 64  # at 32 it blurred the 1–2 px stripes and dots away (pattern read back on 65 % of reconstructions)
 TEXT_MAX_LENGTH = 64  # the longest grid caption is about 50 tokens
+#: Flow shift of the FLUX sprite model: exp(1.15), what ComfyUI's stock FLUX model sampling uses. At
+#: shift 1 the logit-normal training noise rarely reached the high noise levels where a 32 px sprite's
+#: identity is decided, and the model learnt to ignore identity words.
+FLUX_FLOW_SHIFT = 3.1582
 
 
 def sprite_words() -> list[str]:
@@ -68,7 +72,7 @@ def build_sdxl(seed: int = 0) -> dict:
 
 def build_flux(seed: int = 0) -> dict:
     """Untrained FLUX-architecture components for 32×32 sprites and 64×64 grids (16-channel latents)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from diffusers import FluxTransformer2DModel
 
     torch.manual_seed(seed)
     text_encoder, text_encoder_2, tokenizer, tokenizer_2 = _text_encoders(64, with_t5=True)
@@ -78,9 +82,15 @@ def build_flux(seed: int = 0) -> dict:
     vae = tiny_models.tiny_vae(latent_channels=16, levels=3, width=VAE_WIDTH,
                                scaling_factor=tiny_models.FLUX_LATENT_SCALE,
                                shift_factor=tiny_models.FLUX_LATENT_SHIFT)
-    scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)
+    scheduler = flux_scheduler()
     return dict(transformer=transformer, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
                 tokenizer=tokenizer, tokenizer_2=tokenizer_2, vae=vae, scheduler=scheduler)
+
+
+def flux_scheduler():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler(shift=FLUX_FLOW_SHIFT, use_dynamic_shifting=False)
 
 
 #: New caption words start from the embedding of the word they derive from.
@@ -136,6 +146,8 @@ def load_for_finetuning(family: str, folder: Path) -> dict:
     carry_over_vocabulary(parts["text_encoder"], parts["tokenizer"], tokenizer)
     carry_over_vocabulary(parts["text_encoder_2"], parts["tokenizer_2"], tokenizer_2)
     parts.update(tokenizer=tokenizer, tokenizer_2=tokenizer_2)
+    if family == "flux":  # today's noise schedule: training noise levels and sampling follow it
+        parts["scheduler"] = flux_scheduler()
     return parts
 
 

@@ -23,8 +23,8 @@ from ..core.checkpoint import atomic_write_json, load_checkpoint, save_checkpoin
 from ..core.training import denoising_error
 from .attributes import Context, Identity
 from .captions import MAX_MENTIONED, MENTION_PROBABILITY, random_caption, random_grid_caption
-from .models import FLUX_DIR, SDXL_DIR, build_flux, build_sdxl, load_for_finetuning
-from .world import render, render_grid
+from .models import FLUX_DIR, FLUX_FLOW_SHIFT, SDXL_DIR, build_flux, build_sdxl, load_for_finetuning
+from .world import render_grid_with_mask, render_with_mask
 
 log = logging.getLogger(__name__)
 
@@ -39,19 +39,22 @@ class Clock:
         return self.before + time.time() - self.start
 
 
-def sprite_batch(rng: np.random.Generator, n: int, grids: bool) -> tuple[torch.Tensor, list[str]]:
-    images, captions = [], []
+def sprite_batch(rng: np.random.Generator, n: int, grids: bool) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+    """Images, captions and the masks [n, 1, H, W] of the pixels the characters cover."""
+    images, captions, masks = [], [], []
     for _ in range(n):
         identity = Identity.random(rng)
         if grids:
             contexts = [Context.random(rng) for _ in range(4)]
-            images.append(render_grid(identity, contexts, rng))
+            image, mask = render_grid_with_mask(identity, contexts, rng)
             captions.append(random_grid_caption(identity, contexts, rng))
         else:
             context = Context.random(rng)
-            images.append(render(identity, context, rng))
+            image, mask = render_with_mask(identity, context, rng)
             captions.append(random_caption(identity, context, rng))
-    return torch.stack(images), captions
+        images.append(image)
+        masks.append(mask)
+    return torch.stack(images), captions, torch.stack(masks)
 
 
 def train_vae(vae, steps: int, batch: int, run_dir: Path, seed: int, lr: float = 1e-3) -> tuple[list[float], float]:
@@ -61,7 +64,7 @@ def train_vae(vae, steps: int, batch: int, run_dir: Path, seed: int, lr: float =
     losses, clock = state["extra"]["losses"], Clock(state["extra"].get("seconds", 0.0))
     vae.train()
     for step in range(state["step"], steps):
-        images, _ = sprite_batch(np.random.default_rng(seed * 100003 + step), batch, grids=False)
+        images, _, _ = sprite_batch(np.random.default_rng(seed * 100003 + step), batch, grids=False)
         for group in optimizer.param_groups:
             group["lr"] = lr * 0.5 * (1 + np.cos(np.pi * step / steps))
         posterior = vae.encode(images * 2 - 1).latent_dist
@@ -87,7 +90,7 @@ def standardise_latents(vae, scale: float, shift: float, seed: int) -> dict:
 
     The family's scale and shift are fixed by ComfyUI's latent format, so the VAE adapts to them.
     """
-    images, _ = sprite_batch(np.random.default_rng(seed), 512, grids=False)
+    images, _, _ = sprite_batch(np.random.default_rng(seed), 512, grids=False)
     z = vae.encode(images * 2 - 1).latent_dist.mean
     mean, std = z.mean(dim=(0, 2, 3)), z.std(dim=(0, 2, 3))
     gain = 1.0 / (std * scale)
@@ -103,14 +106,25 @@ def standardise_latents(vae, scale: float, shift: float, seed: int) -> dict:
     return {"raw_mean": mean.tolist(), "raw_std": std.tolist()}
 
 
-def denoiser_loss(backend, images, captions, generator, drop_rate: float = 0.1) -> torch.Tensor:
+def denoiser_loss(backend, images, captions, generator, drop_rate: float = 0.1,
+                  pixel_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean denoising error; `pixel_weights` [B, 1, H, W] weight it where they fall in latent space."""
     keep = torch.rand(len(captions), generator=generator) >= drop_rate
     prompts = [c if k else "" for c, k in zip(captions, keep.tolist())]
     size = tuple(images.shape[-2:])
     with torch.no_grad():
         latents = backend.encode_images(images)
     cond = backend.encode_prompts(prompts, image_size=size)
-    return denoising_error(backend, latents, cond, generator).mean()
+    error = denoising_error(backend, latents, cond, generator)
+    if pixel_weights is None:
+        return error.mean()
+    weights = torch.nn.functional.adaptive_avg_pool2d(pixel_weights, latents.shape[-2:])
+    return (error * weights).sum() / (weights.sum() * error.shape[1])
+
+
+def sprite_weights(masks: torch.Tensor, sprite_weight: float) -> torch.Tensor | None:
+    """Per-pixel loss weights: `sprite_weight` on the character, 1 on the background (None when 1)."""
+    return None if sprite_weight == 1.0 else 1.0 + (sprite_weight - 1.0) * masks
 
 
 def exponential_average(modules: dict, decay: float):
@@ -121,10 +135,12 @@ def exponential_average(modules: dict, decay: float):
 
 
 def train_denoiser(backend, steps: int, batch: int, run_dir: Path, seed: int, grid_every: int = 0,
-                   lr: float = 4e-4, ema_decay: float = 0.0) -> tuple[list[float], float]:
+                   lr: float = 4e-4, ema_decay: float = 0.0,
+                   sprite_weight: float = 1.0) -> tuple[list[float], float]:
     """Denoiser + text encoders; every `grid_every`-th step is a batch of 2×2 grids (0 = never).
 
-    With `ema_decay` > 0 the modules end with the exponential moving average of their weights.
+    With `ema_decay` > 0 the modules end with the exponential moving average of their weights;
+    `sprite_weight` > 1 weights the loss on the characters' pixels over the background's.
     """
     modules = {"denoiser": backend.denoiser, **backend.text_encoders}
     params = [p for m in modules.values() for p in m.parameters()]
@@ -138,10 +154,11 @@ def train_denoiser(backend, steps: int, batch: int, run_dir: Path, seed: int, gr
     for step in range(state["step"], steps):
         grids = grid_every > 0 and step % grid_every == grid_every - 1
         rng = np.random.default_rng(seed * 100003 + step)
-        images, captions = sprite_batch(rng, batch // 4 if grids else batch, grids=grids)
+        images, captions, masks = sprite_batch(rng, batch // 4 if grids else batch, grids=grids)
         for group in optimizer.param_groups:
             group["lr"] = lr * min(1.0, (step + 1) / 200) * (0.1 + 0.9 * (1 - step / steps))
-        loss = denoiser_loss(backend, images, captions, torch.Generator().manual_seed(seed + step))
+        loss = denoiser_loss(backend, images, captions, torch.Generator().manual_seed(seed + step),
+                             pixel_weights=sprite_weights(masks, sprite_weight))
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -201,12 +218,15 @@ def write_finetune_card(folder: Path, previous_card: str, args, losses, seconds:
         "them), sometimes as adjectives before the class word (\"a one eyed hatted red blob\"); the text "
         "encoders keep every trained token row and learn new words from related ones.",
         f"* {args.steps} steps × {args.batch}, learning rate {args.lr}, EMA decay {args.ema} (the EMA weights are saved)"
-        + (f", one batch of grids every {args.grid_every} steps" if args.grid_every else ""),
+        + (f", one batch of grids every {args.grid_every} steps" if args.grid_every else "")
+        + (f", loss weight {args.sprite_weight} on the characters' pixels" if args.sprite_weight != 1.0 else ""),
+        *([f"* flow shift {FLUX_FLOW_SHIFT} for training noise levels and sampling (ComfyUI's FLUX default)"]
+          if args.family == "flux" else []),
         f"* final loss {np.mean(losses[-200:]):.4f}; {seconds:.0f} s on {torch.get_num_threads()} CPU threads",
         f"* weights: {size / 1e6:.1f} MB (float16 safetensors)",
         "", f"Reproduce (after the stages above): `python -m protagonist.sprites.train_models {args.family} --finetune-from "
             f"<previous stage folder> --steps {args.steps} --lr {args.lr} --ema {args.ema} --grid-every {args.grid_every} "
-            f"--seed {args.seed}`",
+            f"--sprite-weight {args.sprite_weight} --seed {args.seed}`",
     ]
     (folder / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
 
@@ -218,7 +238,8 @@ def finetune(args, run_dir: Path, folder: Path) -> int:
     parts["vae"].requires_grad_(False)
     backend = backend_from_components(args.family, parts)
     losses, seconds = train_denoiser(backend, args.steps, args.batch, run_dir / "finetune", args.seed,
-                                     args.grid_every, lr=args.lr, ema_decay=args.ema)
+                                     args.grid_every, lr=args.lr, ema_decay=args.ema,
+                                     sprite_weight=args.sprite_weight)
     size = save_pipeline(args.family, parts, folder)
     write_finetune_card(folder, previous_card, args, losses, seconds, size)
     atomic_write_json({"losses": losses, "seconds": seconds}, run_dir / "finetune-curves.json")
@@ -238,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", default=None)
     parser.add_argument("--out", default=None)
     parser.add_argument("--lr", type=float, default=4e-4)
+    parser.add_argument("--sprite-weight", type=float, default=1.0,
+                        help="loss weight of the characters' pixels relative to the background's (1 = plain loss)")
     parser.add_argument("--ema", type=float, default=0.0, help="EMA decay of the saved weights (0 = no EMA)")
     parser.add_argument("--finetune-from", default=None,
                         help="a trained sprite model folder: keep its VAE, carry its text encoders onto today's "
@@ -259,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     stats = standardise_latents(parts["vae"], config.scaling_factor, config.shift_factor or 0.0, args.seed)
     parts["vae"].requires_grad_(False)
     losses, seconds["denoiser"] = train_denoiser(backend, args.steps, args.batch, run_dir / "denoiser", args.seed,
-                                                 args.grid_every, lr=args.lr, ema_decay=args.ema)
+                                                 args.grid_every, lr=args.lr, ema_decay=args.ema,
+                                     sprite_weight=args.sprite_weight)
     size = save_pipeline(args.family, parts, folder)
     write_card(folder, args.family, args, vae_losses, losses, stats, seconds, size)
     atomic_write_json({"vae_losses": vae_losses, "losses": losses, "seconds": seconds}, run_dir / "curves.json")

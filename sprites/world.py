@@ -44,7 +44,7 @@ from .captions import (  # noqa: F401  (re-exported)
     random_grid_caption,
     tokenize,
 )
-from .draw import SIZE, draw
+from .draw import SIZE, draw, draw_with_mask
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,30 @@ def render(identity: Identity, context: Context, rng: np.random.Generator | int 
     """
     img = draw(identity, context, _as_rng(rng))
     return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
+
+
+def render_with_mask(identity: Identity, context: Context, rng: np.random.Generator | int | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`render` (same rng use) and the character's pixels as a float mask [1, 32, 32]."""
+    img, mask = draw_with_mask(identity, context, _as_rng(rng))
+    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))), torch.from_numpy(mask)[None].float()
+
+
+def render_grid_with_mask(identity: Identity, contexts: Sequence[Context], rng: np.random.Generator | int | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`render_grid` (same rng use) and the characters' pixels as a float mask [1, 64, 64]."""
+    if len(contexts) != 4:
+        raise ValueError(f"a grid has 4 panels, got {len(contexts)} contexts")
+    rng = _as_rng(rng)
+    panels, masks = zip(*(render_with_mask(identity, c, rng) for c in contexts))
+    return _tile(torch.stack(panels)), _tile(torch.stack(masks))
+
+
+def _tile(panels: torch.Tensor) -> torch.Tensor:
+    """Four [C, 32, 32] panels, row-major, as one [C, 64, 64] 2×2 grid."""
+    top = torch.cat([panels[0], panels[1]], dim=2)
+    bottom = torch.cat([panels[2], panels[3]], dim=2)
+    return torch.cat([top, bottom], dim=1)
 
 
 def render_batch(
@@ -89,10 +113,7 @@ def render_grid(
     """
     if len(contexts) != 4:
         raise ValueError(f"a grid has 4 panels, got {len(contexts)} contexts")
-    panels = render_batch([identity] * 4, list(contexts), rng)
-    top = torch.cat([panels[0], panels[1]], dim=2)
-    bottom = torch.cat([panels[2], panels[3]], dim=2)
-    return torch.cat([top, bottom], dim=1)
+    return _tile(render_batch([identity] * 4, list(contexts), rng))
 
 
 def split_grid(grids: torch.Tensor) -> torch.Tensor:

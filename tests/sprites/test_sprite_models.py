@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -74,3 +76,37 @@ def test_finetune_from_the_shipped_model_writes_a_loadable_model_and_numbers_its
     assert f"## Stage {before.count('## Stage') + 2}:" in card
     backend = load_backend(str(out), family="sdxl")
     assert backend.encode_prompts(["a one eyed hatted blob"]).embeds.isfinite().all()
+
+
+def test_sprite_weighted_loss_is_the_plain_mean_at_weight_one_and_leans_on_the_character_above(monkeypatch):
+    import protagonist.sprites.train_models as train_models
+
+    class Backend:
+        def encode_images(self, images):
+            return torch.zeros(len(images), 4, 8, 8)
+
+        def encode_prompts(self, prompts, image_size=None):
+            return None
+
+    error = torch.zeros(2, 4, 8, 8)
+    error[..., :4] = 1.0  # the denoiser errs on the left half only
+    monkeypatch.setattr(train_models, "denoising_error", lambda *args, **kwargs: error)
+    images, masks = torch.zeros(2, 3, 32, 32), torch.zeros(2, 1, 32, 32)
+    masks[..., :16] = 1.0  # and the character is on the left half
+    assert train_models.sprite_weights(masks, 1.0) is None
+    plain = train_models.denoiser_loss(Backend(), images, ["a", "b"], torch.Generator().manual_seed(0))
+    weighted = train_models.denoiser_loss(Backend(), images, ["a", "b"], torch.Generator().manual_seed(0),
+                                          pixel_weights=train_models.sprite_weights(masks, 3.0))
+    assert plain.item() == pytest.approx(0.5)
+    assert weighted.item() == pytest.approx(3.0 / 4.0)
+
+
+def test_flux_sprite_model_trains_and_samples_at_comfyuis_flux_shift():
+    from protagonist.core.backends.loading import backend_from_components
+    from protagonist.sprites.models import FLUX_FLOW_SHIFT, build_flux
+
+    backend = backend_from_components("flux", build_flux())
+    assert backend.schedule.shift == pytest.approx(FLUX_FLOW_SHIFT)
+    assert FLUX_FLOW_SHIFT == pytest.approx(math.exp(1.15), rel=1e-4)
+    median_training_sigma = backend.schedule.training_sigmas(4000, torch.Generator().manual_seed(0)).median()
+    assert median_training_sigma > 0.7  # most training noise is heavy, where identity is decided

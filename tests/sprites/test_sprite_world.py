@@ -26,6 +26,8 @@ from protagonist.sprites.world import (
     render,
     render_batch,
     render_grid,
+    render_grid_with_mask,
+    render_with_mask,
     split_grid,
 )
 
@@ -107,6 +109,20 @@ def test_grid_panels_equal_renders_with_same_rng_state():
     assert torch.equal(grid[:, 32:, :32], panels[2]) and torch.equal(grid[:, 32:, 32:], panels[3])
     assert torch.equal(split_grid(grid), torch.stack(panels))
     assert split_grid(grid.unsqueeze(0).repeat(2, 1, 1, 1)).shape == (2, 4, 3, 32, 32)
+
+
+def test_masks_cover_exactly_the_pixels_a_character_changes():
+    ident, ctx = Identity.from_index(77), Context.from_index(3)
+    image, mask = render_with_mask(ident, ctx, np.random.default_rng(2))
+    assert torch.equal(image, render(ident, ctx, np.random.default_rng(2)))
+    other, other_mask = render_with_mask(Identity.from_index(900), ctx, np.random.default_rng(2))
+    background = (mask == 0) & (other_mask == 0)
+    assert torch.equal(image[:, background[0]], other[:, background[0]])  # outside both characters: same scene
+    assert 0.05 < mask.mean() < 0.5
+    ctxs = [Context.from_index(i) for i in (0, 5, 10, 17)]
+    grid, grid_mask = render_grid_with_mask(ident, ctxs, np.random.default_rng(4))
+    assert torch.equal(grid, render_grid(ident, ctxs, np.random.default_rng(4)))
+    assert grid_mask.shape == (1, 64, 64) and all(panel.sum() > 0 for panel in split_grid(grid_mask.expand(3, -1, -1)))
 
 
 def test_captions_examples():
