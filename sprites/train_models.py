@@ -182,6 +182,7 @@ def save_pipeline(family: str, parts: dict, folder: Path) -> int:
     pipe.to(torch.float16)
     tmp = folder.with_name(folder.name + ".tmp")
     pipe.save_pretrained(str(tmp), safe_serialization=True)
+    _forget_source_paths(tmp)
     if folder.exists():
         import shutil
 
@@ -189,6 +190,16 @@ def save_pipeline(family: str, parts: dict, folder: Path) -> int:
     tmp.rename(folder)
     pipe.to(torch.float32)
     return sum(p.stat().st_size for p in folder.rglob("*.safetensors"))
+
+
+def _forget_source_paths(folder: Path) -> None:
+    """Drop the `_name_or_path` a fine-tuned model's configs inherit: a path on the training machine."""
+    import json
+
+    for config in folder.rglob("config.json"):
+        values = json.loads(config.read_text())
+        if values.pop("_name_or_path", None) is not None:
+            config.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
 
 
 def write_card(folder: Path, family: str, args, vae_losses, losses, stats: dict, seconds: dict, size: int):
@@ -213,7 +224,8 @@ def write_card(folder: Path, family: str, args, vae_losses, losses, stats: dict,
 def write_finetune_card(folder: Path, previous_card: str, args, losses, seconds: float, size: int):
     stage = previous_card.count("## Stage") + 2
     lines = [
-        previous_card.rstrip(), "", f"## Stage {stage}: fine-tuned on today's caption grammar", "",
+        previous_card.rstrip(), "", f"## Stage {stage}: fine-tuned on today's caption grammar"
+        + (f", the characters' pixels weighted {args.sprite_weight:g}×" if args.sprite_weight != 1.0 else ""), "",
         f"Captions name identity attributes with probability {MENTION_PROBABILITY} (one to {MAX_MENTIONED} of "
         "them), sometimes as adjectives before the class word (\"a one eyed hatted red blob\"); the text "
         "encoders keep every trained token row and learn new words from related ones.",

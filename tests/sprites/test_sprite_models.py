@@ -74,6 +74,7 @@ def test_finetune_from_the_shipped_model_writes_a_loadable_model_and_numbers_its
     before = (SDXL_DIR / "MODEL_CARD.md").read_text()
     assert card.startswith(before.rstrip())
     assert f"## Stage {before.count('## Stage') + 2}:" in card
+    assert not any("_name_or_path" in config.read_text() for config in out.rglob("config.json"))
     backend = load_backend(str(out), family="sdxl")
     assert backend.encode_prompts(["a one eyed hatted blob"]).embeds.isfinite().all()
 
