@@ -162,13 +162,9 @@ def _accessory(img: np.ndarray, identity: Identity, cx: float, cy: float, r: flo
 
 
 # ---------------------------------------------------------------------- public
-def draw(identity: Identity, context: Context, rng: np.random.Generator) -> np.ndarray:
-    """Draw one sprite as float32 [32, 32, 3]; consumes exactly four draws from ``rng``."""
-    return draw_with_mask(identity, context, rng)[0]
-
-
 def draw_with_mask(identity: Identity, context: Context, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`draw`, plus the bool [32, 32] mask of the pixels the character covers (outline to hat)."""
+    """One sprite as float32 [32, 32, 3] and the bool [32, 32] mask of the pixels the character covers
+    (outline to hat); consumes exactly four draws from ``rng``."""
     jitter = rng.uniform(-1.0, 1.0, size=4)
     cx = POSITION_X[context.position] + 1.5 * jitter[0]
     cy = BODY_Y + 1.0 * jitter[1]

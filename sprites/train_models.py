@@ -215,8 +215,11 @@ def write_card(folder: Path, family: str, args, vae_losses, losses, stats: dict,
         f"* training time: VAE {seconds['vae']:.0f} s, denoiser {seconds['denoiser']:.0f} s on "
         f"{torch.get_num_threads()} CPU threads (wall time, with other jobs sharing the 2 cores at times)",
         f"* weights: {size / 1e6:.1f} MB (float16 safetensors)",
+        *([f"* loss weight {args.sprite_weight} on the characters' pixels"] if args.sprite_weight != 1.0 else []),
+        *([f"* flow shift {FLUX_FLOW_SHIFT} for training noise levels and sampling"] if family == "flux" else []),
         "", f"Reproduce: `python -m protagonist.sprites.train_models {family} --steps {args.steps} "
-            f"--vae-steps {args.vae_steps} --grid-every {args.grid_every} --seed {args.seed}`",
+            f"--vae-steps {args.vae_steps} --grid-every {args.grid_every} --sprite-weight {args.sprite_weight} "
+            f"--seed {args.seed}`",
     ]
     (folder / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
 
@@ -295,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     parts["vae"].requires_grad_(False)
     losses, seconds["denoiser"] = train_denoiser(backend, args.steps, args.batch, run_dir / "denoiser", args.seed,
                                                  args.grid_every, lr=args.lr, ema_decay=args.ema,
-                                     sprite_weight=args.sprite_weight)
+                                                 sprite_weight=args.sprite_weight)
     size = save_pipeline(args.family, parts, folder)
     write_card(folder, args.family, args, vae_losses, losses, stats, seconds, size)
     atomic_write_json({"vae_losses": vae_losses, "losses": losses, "seconds": seconds}, run_dir / "curves.json")

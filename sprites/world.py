@@ -44,7 +44,7 @@ from .captions import (  # noqa: F401  (re-exported)
     random_grid_caption,
     tokenize,
 )
-from .draw import SIZE, draw, draw_with_mask
+from .draw import SIZE, draw_with_mask
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +63,7 @@ def render(identity: Identity, context: Context, rng: np.random.Generator | int 
     ``rng`` (a ``numpy.random.Generator`` or a seed) drives the small jitter (position
     +-1.5 px, height +-1 px, scale +-7 %, horizon +-1 px); the same rng state gives the same image.
     """
-    img = draw(identity, context, _as_rng(rng))
-    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
+    return render_with_mask(identity, context, rng)[0]
 
 
 def render_with_mask(identity: Identity, context: Context, rng: np.random.Generator | int | None = None
