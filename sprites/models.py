@@ -56,7 +56,7 @@ def _text_encoders(hidden: int, with_t5: bool):
 
 def build_sdxl(seed: int = 0) -> dict:
     """Untrained SDXL-architecture components for 32×32 sprites (8×8×4 latents)."""
-    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
 
     torch.manual_seed(seed)
     text_encoder, text_encoder_2, tokenizer, tokenizer_2 = _text_encoders(64, with_t5=False)
@@ -64,8 +64,7 @@ def build_sdxl(seed: int = 0) -> dict:
         sample_size=SPRITE_SIZE // 4, channels=(64, 128, 128), context=128, pooled=64))
     vae = tiny_models.tiny_vae(latent_channels=4, levels=3, width=VAE_WIDTH,
                                scaling_factor=tiny_models.SDXL_LATENT_SCALE)
-    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                       prediction_type="epsilon", timestep_spacing="leading", steps_offset=1)
+    scheduler = sprite_scheduler("sdxl")
     return dict(unet=unet, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
                 tokenizer_2=tokenizer_2, vae=vae, scheduler=scheduler)
 
@@ -82,15 +81,19 @@ def build_flux(seed: int = 0) -> dict:
     vae = tiny_models.tiny_vae(latent_channels=16, levels=3, width=VAE_WIDTH,
                                scaling_factor=tiny_models.FLUX_LATENT_SCALE,
                                shift_factor=tiny_models.FLUX_LATENT_SHIFT)
-    scheduler = flux_scheduler()
+    scheduler = sprite_scheduler("flux")
     return dict(transformer=transformer, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
                 tokenizer=tokenizer, tokenizer_2=tokenizer_2, vae=vae, scheduler=scheduler)
 
 
-def flux_scheduler():
-    from diffusers import FlowMatchEulerDiscreteScheduler
+def sprite_scheduler(family: str):
+    """The noise schedule a sprite model trains and samples with (fine-tunes adopt today's)."""
+    from diffusers import EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler
 
-    return FlowMatchEulerDiscreteScheduler(shift=FLUX_FLOW_SHIFT, use_dynamic_shifting=False)
+    if family == "flux":
+        return FlowMatchEulerDiscreteScheduler(shift=FLUX_FLOW_SHIFT, use_dynamic_shifting=False)
+    return EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                  prediction_type="epsilon", timestep_spacing="leading", steps_offset=1)
 
 
 #: New caption words start from the embedding of the word they derive from.
@@ -146,8 +149,7 @@ def load_for_finetuning(family: str, folder: Path) -> dict:
     carry_over_vocabulary(parts["text_encoder"], parts["tokenizer"], tokenizer)
     carry_over_vocabulary(parts["text_encoder_2"], parts["tokenizer_2"], tokenizer_2)
     parts.update(tokenizer=tokenizer, tokenizer_2=tokenizer_2)
-    if family == "flux":  # today's noise schedule: training noise levels and sampling follow it
-        parts["scheduler"] = flux_scheduler()
+    parts["scheduler"] = sprite_scheduler(family)
     return parts
 
 

@@ -110,9 +110,7 @@ def render_grid(
     Panels are rendered in order with the same rng, so panel k equals
     ``render(identity, contexts[k], rng)`` for an rng in the same state.
     """
-    if len(contexts) != 4:
-        raise ValueError(f"a grid has 4 panels, got {len(contexts)} contexts")
-    return _tile(render_batch([identity] * 4, list(contexts), rng))
+    return render_grid_with_mask(identity, contexts, rng)[0]
 
 
 def split_grid(grids: torch.Tensor) -> torch.Tensor:
