@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..core.backends.loading import backend_from_components, pipeline_class
-from ..core.checkpoint import atomic_write_json, load_checkpoint, save_checkpoint
+from ..core.checkpoint import atomic_folder, atomic_write_json, load_checkpoint, save_checkpoint
 from ..core.training import denoising_error
 from .attributes import Context, Identity
 from .captions import MAX_MENTIONED, MENTION_PROBABILITY, random_caption, random_grid_caption
@@ -180,14 +180,9 @@ def save_pipeline(family: str, parts: dict, folder: Path) -> int:
     """Save as a diffusers pipeline with float16 weights; returns the bytes written."""
     pipe = pipeline_class(family)(**parts)
     pipe.to(torch.float16)
-    tmp = folder.with_name(folder.name + ".tmp")
-    pipe.save_pretrained(str(tmp), safe_serialization=True)
-    _forget_source_paths(tmp)
-    if folder.exists():
-        import shutil
-
-        shutil.rmtree(folder)
-    tmp.rename(folder)
+    with atomic_folder(folder) as tmp:
+        pipe.save_pretrained(str(tmp), safe_serialization=True)
+        _forget_source_paths(tmp)
     pipe.to(torch.float32)
     return sum(p.stat().st_size for p in folder.rglob("*.safetensors"))
 

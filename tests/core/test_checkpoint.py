@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from protagonist.core.checkpoint import load_checkpoint, save_checkpoint
+from protagonist.core.checkpoint import atomic_folder, load_checkpoint, save_checkpoint
 
 
 def _train(model, optimizer, steps, start=0):
@@ -54,3 +55,17 @@ def test_tied_weights_are_saved_and_restored(tmp_path):
     fresh = torch.nn.ModuleDict({"a": torch.nn.Embedding(5, 3), "b": torch.nn.Linear(3, 5, bias=False)})
     load_checkpoint(tmp_path, {"net": fresh})
     assert torch.equal(fresh["a"].weight, shared.weight) and torch.equal(fresh["b"].weight, shared.weight)
+
+
+def test_atomic_folder_replaces_only_on_success(tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "weights.txt").write_text("old")
+    with pytest.raises(RuntimeError), atomic_folder(folder) as tmp:
+        (tmp / "weights.txt").write_text("half written")
+        raise RuntimeError("crash while saving")
+    assert (folder / "weights.txt").read_text() == "old"
+    with atomic_folder(folder) as tmp:
+        (tmp / "weights.txt").write_text("new")
+    assert (folder / "weights.txt").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
