@@ -96,13 +96,13 @@ def identity_ari(model, characters: int = 20, contexts: int = 10, seed: int = 12
 
 
 def nearest_neighbour_report(model, identities: int = 300, seed: int = 7) -> dict[str, float]:
-    """Each identity rendered in two random contexts; for each first render, its nearest second render.
+    """Distinct identities rendered in two random contexts; for each first render, its nearest second render.
 
     Returns the share whose nearest neighbour is the same identity, and per identity attribute the share
     whose nearest neighbour differs in it: which attributes the embedding sees least.
     """
     rng = np.random.default_rng(seed)
-    characters = [Identity.random(rng) for _ in range(identities)]
+    characters = [Identity.from_index(int(i)) for i in rng.choice(Identity.count(), identities, replace=False)]
     first = torch.stack([render(i, Context.random(rng), rng) for i in characters])
     second = torch.stack([render(i, Context.random(rng), rng) for i in characters])
     nearest = torch.cdist(embed_images(model, first), embed_images(model, second)).argmin(dim=1).tolist()
@@ -140,7 +140,7 @@ def model_card(model, args, seconds: float, untrained_ari: float) -> str:
         f"Adjusted Rand index of K-MEANS (K=20) on 20 identities × 10 random contexts: **{aris[0]:.3f}** "
         f"(evaluation seeds 1 and 2: {aris[1]:.3f}, {aris[2]:.3f}; the same network untrained: {untrained_ari:.3f}); "
         "`identity_ari` in `protagonist.sprites.embedder`.\n\n"
-        f"Nearest neighbour among 300 identities, each in two random contexts: the same identity for "
+        f"Nearest neighbour among 300 distinct identities, each in two random contexts: the same identity for "
         f"{nearest['same identity']:.1%}; where it is not, the attribute differs in — {differs} of all queries "
         "(`nearest_neighbour_report`).\n\n"
         f"Does it ignore the scene? K-MEANS (K=6) on 120 random sprites against their *background*: ARI "
