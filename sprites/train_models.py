@@ -24,7 +24,7 @@ from ..core.training import denoising_error
 from .attributes import Context, Identity
 from .captions import MAX_MENTIONED, MENTION_PROBABILITY, random_caption, random_grid_caption
 from .models import FLUX_DIR, FLUX_FLOW_SHIFT, SDXL_DIR, build_flux, build_sdxl, load_for_finetuning
-from .world import render_grid_with_mask, render_with_mask
+from .world import render_grid_with_mask, render_with_mask, split_grid, tile_grid
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,57 @@ def train_vae(vae, steps: int, batch: int, run_dir: Path, seed: int, lr: float =
             log.info("vae step %d/%d loss %.4f", step + 1, steps, np.mean(losses[-100:]))
     vae.eval()
     return losses, clock.seconds()
+
+
+def finetune_vae_on_grids(vae, steps: int, batch: int, run_dir: Path, seed: int, lr: float = 2e-4
+                          ) -> tuple[list[float], float]:
+    """Teach a VAE trained on single sprites to encode and decode 2×2 grids as four single sprites.
+
+    Its mid-block attention spans the whole latent, so a grid came out of it far worse than its panels
+    one by one. Targets come from a frozen copy: a grid's latent should be its panels' latents tiled,
+    a single sprite's latent stays what it was (the denoiser's latent space does not move), and the
+    decoder reconstructs both from the frozen copy's latents.
+    """
+    import copy
+
+    reference = copy.deepcopy(vae).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=lr)
+    state = load_checkpoint(run_dir, {"vae": vae}, optimizer) or {"step": 0, "extra": {"losses": []}}
+    losses, clock = state["extra"]["losses"], Clock(state["extra"].get("seconds", 0.0))
+    vae.train().requires_grad_(True)
+    for step in range(state["step"], steps):
+        rng = np.random.default_rng(seed * 100003 + step)
+        singles, _, _ = sprite_batch(rng, batch // 2, grids=False)
+        grids, _, _ = sprite_batch(rng, batch // 8, grids=True)
+        for group in optimizer.param_groups:
+            group["lr"] = lr * 0.5 * (1 + np.cos(np.pi * step / steps))
+        loss = _grid_vae_loss(vae, reference, singles * 2 - 1, grids * 2 - 1)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(round(loss.item(), 5))
+        if (step + 1) % 100 == 0 or step + 1 == steps:
+            save_checkpoint(run_dir, step + 1, {"vae": vae}, optimizer,
+                            extra={"losses": losses, "seconds": clock.seconds()})
+            log.info("vae (grids) step %d/%d loss %.4f", step + 1, steps, np.mean(losses[-100:]))
+    vae.eval().requires_grad_(False)
+    return losses, clock.seconds()
+
+
+def _grid_vae_loss(vae, reference, singles: torch.Tensor, grids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        single_latents = reference.encode(singles).latent_dist
+        panel_latents = reference.encode(split_grid(grids).flatten(0, 1)).latent_dist
+        grid_mean = tile_grid(panel_latents.mean.unflatten(0, (grids.shape[0], 4)))
+        grid_sample = tile_grid(panel_latents.sample().unflatten(0, (grids.shape[0], 4)))
+    mse, l1 = torch.nn.functional.mse_loss, torch.nn.functional.l1_loss
+    encoding = (mse(vae.encode(singles).latent_dist.mean, single_latents.mean)
+                + mse(vae.encode(grids).latent_dist.mean, grid_mean))
+    decoding = 0.0
+    for latents, images in ((single_latents.sample(), singles), (grid_sample, grids)):
+        decoded = vae.decode(latents).sample
+        decoding = decoding + mse(decoded, images) + l1(decoded, images)
+    return encoding + decoding
 
 
 @torch.no_grad()
@@ -219,7 +270,8 @@ def write_card(folder: Path, family: str, args, vae_losses, losses, stats: dict,
     (folder / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
 
 
-def write_finetune_card(folder: Path, previous_card: str, args, losses, seconds: float, size: int):
+def write_finetune_card(folder: Path, previous_card: str, args, losses, seconds: float, size: int,
+                        vae_seconds: float = 0.0):
     stage = previous_card.count("## Stage") + 2
     lines = [
         previous_card.rstrip(), "", f"## Stage {stage}: fine-tuned on today's caption grammar"
@@ -232,11 +284,13 @@ def write_finetune_card(folder: Path, previous_card: str, args, losses, seconds:
         + (f", loss weight {args.sprite_weight} on the characters' pixels" if args.sprite_weight != 1.0 else ""),
         *([f"* flow shift {FLUX_FLOW_SHIFT} for training noise levels and sampling (ComfyUI's FLUX default)"]
           if args.family == "flux" else []),
+        *([f"* first the VAE: {args.vae_grid_steps} steps teaching it to code 2×2 grids as their four panels "
+           f"(`finetune_vae_on_grids`), {vae_seconds:.0f} s"] if args.vae_grid_steps else []),
         f"* final loss {np.mean(losses[-200:]):.4f}; {seconds:.0f} s on {torch.get_num_threads()} CPU threads",
         f"* weights: {size / 1e6:.1f} MB (float16 safetensors)",
         "", f"Reproduce (after the stages above): `python -m protagonist.sprites.train_models {args.family} --finetune-from "
             f"<previous stage folder> --steps {args.steps} --lr {args.lr} --ema {args.ema} --grid-every {args.grid_every} "
-            f"--sprite-weight {args.sprite_weight} --seed {args.seed}`",
+            f"--sprite-weight {args.sprite_weight} --vae-grid-steps {args.vae_grid_steps} --seed {args.seed}`",
     ]
     (folder / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
 
@@ -245,13 +299,17 @@ def finetune(args, run_dir: Path, folder: Path) -> int:
     source = Path(args.finetune_from)
     previous_card = (source / "MODEL_CARD.md").read_text()
     parts = load_for_finetuning(args.family, source)
+    vae_seconds = 0.0
+    if args.vae_grid_steps:
+        _, vae_seconds = finetune_vae_on_grids(parts["vae"], args.vae_grid_steps, args.batch, run_dir / "vae-grids",
+                                               args.seed)
     parts["vae"].requires_grad_(False)
     backend = backend_from_components(args.family, parts)
     losses, seconds = train_denoiser(backend, args.steps, args.batch, run_dir / "finetune", args.seed,
                                      args.grid_every, lr=args.lr, ema_decay=args.ema,
                                      sprite_weight=args.sprite_weight)
     size = save_pipeline(args.family, parts, folder)
-    write_finetune_card(folder, previous_card, args, losses, seconds, size)
+    write_finetune_card(folder, previous_card, args, losses, seconds, size, vae_seconds)
     atomic_write_json({"losses": losses, "seconds": seconds}, run_dir / "finetune-curves.json")
     log.info("saved %s (%.1f MB)", folder, size / 1e6)
     return 0
@@ -272,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sprite-weight", type=float, default=1.0,
                         help="loss weight of the characters' pixels relative to the background's (1 = plain loss)")
     parser.add_argument("--ema", type=float, default=0.0, help="EMA decay of the saved weights (0 = no EMA)")
+    parser.add_argument("--vae-grid-steps", type=int, default=0,
+                        help="with --finetune-from: first teach the VAE to code 2×2 grids as their four panels")
     parser.add_argument("--finetune-from", default=None,
                         help="a trained sprite model folder: keep its VAE, carry its text encoders onto today's "
                              "vocabulary and train the denoiser further")

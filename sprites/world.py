@@ -80,14 +80,14 @@ def render_grid_with_mask(identity: Identity, contexts: Sequence[Context], rng: 
         raise ValueError(f"a grid has 4 panels, got {len(contexts)} contexts")
     rng = _as_rng(rng)
     panels, masks = zip(*(render_with_mask(identity, c, rng) for c in contexts))
-    return _tile(torch.stack(panels)), _tile(torch.stack(masks))
+    return tile_grid(torch.stack(panels)), tile_grid(torch.stack(masks))
 
 
-def _tile(panels: torch.Tensor) -> torch.Tensor:
-    """Four [C, 32, 32] panels, row-major, as one [C, 64, 64] 2×2 grid."""
-    top = torch.cat([panels[0], panels[1]], dim=2)
-    bottom = torch.cat([panels[2], panels[3]], dim=2)
-    return torch.cat([top, bottom], dim=1)
+def tile_grid(panels: torch.Tensor) -> torch.Tensor:
+    """Panels [..., 4, C, h, w], row-major, as 2×2 grids [..., C, 2h, 2w] (images or latents)."""
+    top = torch.cat([panels[..., 0, :, :, :], panels[..., 1, :, :, :]], dim=-1)
+    bottom = torch.cat([panels[..., 2, :, :, :], panels[..., 3, :, :, :]], dim=-1)
+    return torch.cat([top, bottom], dim=-2)
 
 
 def render_batch(

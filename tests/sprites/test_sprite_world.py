@@ -214,3 +214,14 @@ def test_make_dataset_with_grids():
     assert labels_to_tensor([labels[k] for k in grids]).shape == (len(grids), 4, 7)
     with pytest.raises(ValueError):
         labels_to_tensor(labels)
+
+
+def test_tile_grid_is_the_inverse_of_split_grid_for_images_and_latents():
+    from protagonist.sprites.world import split_grid, tile_grid
+
+    grids = torch.rand(3, 3, 64, 64)
+    assert torch.equal(tile_grid(split_grid(grids)), grids)
+    latents = torch.randn(2, 4, 16, 8, 8)  # 2 grids × 4 panels of 16-channel 8×8 latents
+    tiled = tile_grid(latents)
+    assert tiled.shape == (2, 16, 16, 16)
+    assert torch.equal(tiled[:, :, 8:, :8], latents[:, 2])  # bottom-left is the third panel
