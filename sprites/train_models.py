@@ -270,15 +270,20 @@ def write_card(folder: Path, family: str, args, vae_losses, losses, stats: dict,
     (folder / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
 
 
+def _stage_title(args) -> str:
+    parts = ["the VAE taught to code 2×2 grids as their four panels"] if args.vae_grid_steps else []
+    if args.sprite_weight != 1.0:
+        parts.append(f"the characters' pixels weighted {args.sprite_weight:g}×")
+    return "; ".join(parts or ["more training"])
+
+
 def write_finetune_card(folder: Path, previous_card: str, args, losses, seconds: float, size: int,
                         vae_seconds: float = 0.0):
     stage = previous_card.count("## Stage") + 2
     lines = [
-        previous_card.rstrip(), "", f"## Stage {stage}: fine-tuned on today's caption grammar"
-        + (f", the characters' pixels weighted {args.sprite_weight:g}×" if args.sprite_weight != 1.0 else ""), "",
+        previous_card.rstrip(), "", f"## Stage {stage}: {_stage_title(args)}", "",
         f"Captions name identity attributes with probability {MENTION_PROBABILITY} (one to {MAX_MENTIONED} of "
-        "them), sometimes as adjectives before the class word (\"a one eyed hatted red blob\"); the text "
-        "encoders keep every trained token row and learn new words from related ones.",
+        "them), sometimes as adjectives before the class word (\"a one eyed hatted red blob\").",
         f"* {args.steps} steps × {args.batch}, learning rate {args.lr}, EMA decay {args.ema} (the EMA weights are saved)"
         + (f", one batch of grids every {args.grid_every} steps" if args.grid_every else "")
         + (f", loss weight {args.sprite_weight} on the characters' pixels" if args.sprite_weight != 1.0 else ""),
