@@ -136,6 +136,7 @@ def run_chosen_one(backend: DiffusionBackend, settings: ChosenOneSettings, embed
     identity = load_identity(_round_dir(run_dir, len(rounds) - 1) / "identity.safetensors") if rounds else None
     if rounds:
         log.info("resuming %s after round %d", run_dir, len(rounds) - 1)
+    spread = None  # of the latest proposals: the summary reports it whether or not the loop converged
     for index in range(len(rounds), settings.max_rounds + 1):
         proposals = _propose(backend, settings, identity, index, sample_callback)
         embeddings = embed(proposals.images)
@@ -156,7 +157,7 @@ def run_chosen_one(backend: DiffusionBackend, settings: ChosenOneSettings, embed
             break
         rounds.append(_save_round(_round_dir(run_dir, index), proposals, embeddings, choice, identity, spread,
                                   backend.family, settings.init_word))
-    _write_summary(run_dir, rounds, None, converged=False)
+    _write_summary(run_dir, rounds, spread, converged=False)
     return ChosenOneResult(identity, rounds, False)
 
 
