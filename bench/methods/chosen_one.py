@@ -21,13 +21,13 @@ from ..overrides import apply_overrides
 # over-saturate and the LoRA learns that look (validity 47.5 % vs 85 % at CFG 3, bench/results/sprite_methods.md).
 SPRITE_WORLD = {"training.templates": ("a {}",), "training.lora_lr": 1e-3, "training.token_lr": 1e-3,
                 "proposals.cfg": 3.0}
-# `fast` in the sprite world: smaller clusters (K = 6 of ≥ 4 among 32), rounds until the spread falls to
-# 0.3× round 0's (at most 4), proposals of 15 steps and 180 training steps per round. With 20-step
-# proposals and 300 steps it reached 31 % consistency at 83 % conformity for 35 % of `paper`'s
-# evaluations; 15 and 200 steps gave 21 % (paper: 16 %) at 95 % conformity for 25 %
-# (bench/results/sprite_methods.md, session 5).
+# `fast` in the sprite world: smaller clusters (K = 6 of ≥ 4 among 32), proposals of 15 steps, 180
+# training steps per round, at most 3 rounds (stop earlier when the spread falls to 0.3× round 0's). The
+# round cap bounds the cost at 4 proposal sets and 3 trainings, 6,000 evaluations per character; on
+# 8 characters it gave 25 % consistency at 100 % conformity for 22 % of `paper`'s evaluations, where
+# 4 rounds gave 22.5 % for 27 % (bench/results/sprite_methods.md, session 5).
 SPRITE_WORLD_FAST = {"training.steps": 180, "proposals.steps": 15, "clusters": 6, "min_cluster_size": 4,
-                     "max_rounds": 4, "convergence_ratio": 0.3}
+                     "max_rounds": 3, "convergence_ratio": 0.3}
 
 
 @dataclass
