@@ -11,6 +11,7 @@ with a model card.
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import time
 from pathlib import Path
@@ -59,29 +60,16 @@ def sprite_batch(rng: np.random.Generator, n: int, grids: bool) -> tuple[torch.T
 
 def train_vae(vae, steps: int, batch: int, run_dir: Path, seed: int, lr: float = 1e-3) -> tuple[list[float], float]:
     """Reconstruction (L1 + L2, which keeps the 1–2 px patterns sharper than L2 alone) + a light KL."""
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=lr)
-    state = load_checkpoint(run_dir, {"vae": vae}, optimizer) or {"step": 0, "extra": {"losses": []}}
-    losses, clock = state["extra"]["losses"], Clock(state["extra"].get("seconds", 0.0))
-    vae.train()
-    for step in range(state["step"], steps):
-        images, _, _ = sprite_batch(np.random.default_rng(seed * 100003 + step), batch, grids=False)
-        for group in optimizer.param_groups:
-            group["lr"] = lr * 0.5 * (1 + np.cos(np.pi * step / steps))
+
+    def loss(rng: np.random.Generator) -> torch.Tensor:
+        images, _, _ = sprite_batch(rng, batch, grids=False)
         posterior = vae.encode(images * 2 - 1).latent_dist
         recon = vae.decode(posterior.sample()).sample
         target = images * 2 - 1
-        loss = (torch.nn.functional.mse_loss(recon, target) + torch.nn.functional.l1_loss(recon, target)
+        return (torch.nn.functional.mse_loss(recon, target) + torch.nn.functional.l1_loss(recon, target)
                 + 1e-6 * posterior.kl().mean())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(round(loss.item(), 5))
-        if (step + 1) % 100 == 0 or step + 1 == steps:
-            save_checkpoint(run_dir, step + 1, {"vae": vae}, optimizer,
-                            extra={"losses": losses, "seconds": clock.seconds()})
-            log.info("vae step %d/%d loss %.4f", step + 1, steps, np.mean(losses[-100:]))
-    vae.eval()
-    return losses, clock.seconds()
+
+    return _vae_training(vae, loss, steps, run_dir, seed, lr, "vae")
 
 
 def finetune_vae_on_grids(vae, steps: int, batch: int, run_dir: Path, seed: int, lr: float = 2e-4
@@ -93,20 +81,27 @@ def finetune_vae_on_grids(vae, steps: int, batch: int, run_dir: Path, seed: int,
     a single sprite's latent stays what it was (the denoiser's latent space does not move), and the
     decoder reconstructs both from the frozen copy's latents.
     """
-    import copy
-
     reference = copy.deepcopy(vae).eval().requires_grad_(False)
+
+    def loss(rng: np.random.Generator) -> torch.Tensor:
+        singles, _, _ = sprite_batch(rng, batch // 2, grids=False)
+        grids, _, _ = sprite_batch(rng, batch // 8, grids=True)
+        return _grid_vae_loss(vae, reference, singles * 2 - 1, grids * 2 - 1)
+
+    return _vae_training(vae, loss, steps, run_dir, seed, lr, "vae (grids)")
+
+
+def _vae_training(vae, loss_of_batch, steps: int, run_dir: Path, seed: int, lr: float, label: str
+                  ) -> tuple[list[float], float]:
+    """AdamW with a cosine learning rate; one seeded batch per step; resumable from `run_dir`."""
     optimizer = torch.optim.AdamW(vae.parameters(), lr=lr)
     state = load_checkpoint(run_dir, {"vae": vae}, optimizer) or {"step": 0, "extra": {"losses": []}}
     losses, clock = state["extra"]["losses"], Clock(state["extra"].get("seconds", 0.0))
     vae.train().requires_grad_(True)
     for step in range(state["step"], steps):
-        rng = np.random.default_rng(seed * 100003 + step)
-        singles, _, _ = sprite_batch(rng, batch // 2, grids=False)
-        grids, _, _ = sprite_batch(rng, batch // 8, grids=True)
         for group in optimizer.param_groups:
             group["lr"] = lr * 0.5 * (1 + np.cos(np.pi * step / steps))
-        loss = _grid_vae_loss(vae, reference, singles * 2 - 1, grids * 2 - 1)
+        loss = loss_of_batch(np.random.default_rng(seed * 100003 + step))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -114,7 +109,7 @@ def finetune_vae_on_grids(vae, steps: int, batch: int, run_dir: Path, seed: int,
         if (step + 1) % 100 == 0 or step + 1 == steps:
             save_checkpoint(run_dir, step + 1, {"vae": vae}, optimizer,
                             extra={"losses": losses, "seconds": clock.seconds()})
-            log.info("vae (grids) step %d/%d loss %.4f", step + 1, steps, np.mean(losses[-100:]))
+            log.info("%s step %d/%d loss %.4f", label, step + 1, steps, np.mean(losses[-100:]))
     vae.eval().requires_grad_(False)
     return losses, clock.seconds()
 

@@ -79,6 +79,25 @@ def test_finetune_from_the_shipped_model_writes_a_loadable_model_and_numbers_its
     assert backend.encode_prompts(["a one eyed hatted blob"]).embeds.isfinite().all()
 
 
+def test_flux_finetune_can_first_teach_the_vae_grids_and_says_so(tmp_path):
+    from safetensors.torch import load_file
+
+    from protagonist.sprites.models import FLUX_DIR
+    from protagonist.sprites.train_models import main
+
+    out, run = tmp_path / "model", tmp_path / "run"
+    args = ["flux", "--finetune-from", str(FLUX_DIR), "--vae-grid-steps", "2", "--steps", "1", "--batch", "8",
+            "--threads", "1", "--run-dir", str(run), "--out", str(out)]
+    assert main(args) == 0
+    card = (out / "MODEL_CARD.md").read_text().split("## Stage ")[-1]
+    assert card.startswith(f"{(FLUX_DIR / 'MODEL_CARD.md').read_text().count('## Stage') + 2}: the VAE taught")
+    assert "2 steps teaching it to code 2×2 grids" in card and "--vae-grid-steps 2" in card
+    assert (run / "vae-grids" / "checkpoint.json").exists()  # resumable like every training stage
+    vae_file = "vae/diffusion_pytorch_model.safetensors"
+    before, after = load_file(str(FLUX_DIR / vae_file)), load_file(str(out / vae_file))
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
 def test_sprite_weighted_loss_is_the_plain_mean_at_weight_one_and_leans_on_the_character_above(monkeypatch):
     import protagonist.sprites.train_models as train_models
 
