@@ -10,7 +10,7 @@ import torch
 from ..sprites.attributes import Context, Identity
 from ..sprites.captions import random_grid_caption
 from ..sprites.oracle import Oracle, identity_of
-from ..sprites.world import split_grid
+from ..sprites.world import render_grid, split_grid
 from .harness import SamplingSettings, draw
 
 
@@ -39,8 +39,7 @@ def one_identity(identities: list, grids: int) -> list[bool]:
 
 
 def score_grids(images: torch.Tensor, contexts: list[list[Context]], oracle: Oracle) -> GridScores:
-    panels = split_grid(images).reshape(-1, 3, 32, 32)
-    reading = oracle.read(panels)
+    reading = oracle.read_grid(images)
     identities = identity_of(reading)
     consistent = one_identity(identities, len(contexts))
     expected = [c for panel_contexts in contexts for c in panel_contexts]
@@ -64,14 +63,12 @@ def vae_grid_readability(backend, oracle: Oracle, grids: int = 32, seed: int = 0
     A VAE whose attention spans the whole latent can code a grid worse than its four panels; the
     denoiser then learns grids from blurred targets.
     """
-    from ..sprites.world import render_grid
-
     rng = np.random.default_rng(seed)
     images = torch.stack([render_grid(Identity.random(rng), [Context.random(rng) for _ in range(4)], rng)
                           for _ in range(grids)])
     panels = split_grid(images).flatten(0, 1)
     with torch.no_grad():
-        as_grids = split_grid(backend.decode_latents(backend.encode_images(images))).flatten(0, 1)
+        as_grids = backend.decode_latents(backend.encode_images(images))
         one_by_one = backend.decode_latents(backend.encode_images(panels))
-    return {"as grids": float(oracle.read(as_grids.float()).valid.float().mean()),
+    return {"as grids": float(oracle.read_grid(as_grids.float()).valid.float().mean()),
             "one by one": float(oracle.read(one_by_one.float()).valid.float().mean())}

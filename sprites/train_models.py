@@ -350,7 +350,6 @@ def main(argv: list[str] | None = None) -> int:
     vae_losses, seconds["vae"] = train_vae(parts["vae"], args.vae_steps, args.batch, run_dir / "vae", args.seed)
     config = parts["vae"].config
     stats = standardise_latents(parts["vae"], config.scaling_factor, config.shift_factor or 0.0, args.seed)
-    parts["vae"].requires_grad_(False)
     losses, seconds["denoiser"] = train_denoiser(backend, args.steps, args.batch, run_dir / "denoiser", args.seed,
                                                  args.grid_every, lr=args.lr, ema_decay=args.ema,
                                                  sprite_weight=args.sprite_weight)
