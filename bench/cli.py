@@ -12,7 +12,7 @@ import torch
 
 from ..cli import load_model
 from .harness import PlainSampling, SamplingSettings, read_characters, run_method
-from .methods.chosen_one import ChosenOneMethod
+from .methods.chosen_one import ChosenOneMethod, PureClusterCeiling
 from .methods.oneactor import OneActorMethod, OneActorRecipe
 from .methods.reference import NamedIdentity
 from .overrides import parse_overrides
@@ -26,6 +26,7 @@ METHODS = {
     "named-identity": lambda embedder, out, sets: NamedIdentity(),
     "chosen-one-paper": lambda embedder, out, sets: ChosenOneMethod("paper", embedder, out / "runs", overrides=sets),
     "chosen-one-fast": lambda embedder, out, sets: ChosenOneMethod("fast", embedder, out / "runs", overrides=sets),
+    "chosen-one-fast-pure-cluster": lambda embedder, out, sets: PureClusterCeiling("fast", overrides=sets),
     "oneactor": lambda embedder, out, sets: OneActorMethod(overrides=sets),
     "oneactor-no-aux": lambda embedder, out, sets: OneActorMethod(
         "oneactor-no-aux", recipe=OneActorRecipe(guidance=replace(OneActorRecipe().guidance, eta_target=5.0, eta_aux=0.0)),

@@ -5,13 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from ...core.adapters import lora_applied
 from ...core.chosen_one.loop import run_chosen_one
 from ...core.chosen_one.presets import preset
-from ...core.chosen_one.training import LearnedIdentity
+from ...core.chosen_one.training import LearnedIdentity, new_token, train_identity
 from ...core.embedding import embed_images
+from ...sprites.world import random_contexts, render_batch
 from ..harness import Character, PlainSampling, draw
 from ..overrides import apply_overrides
+from .reference import identity_for
 
 
 # Sprite-world settings on top of the presets. The vocabulary has no "photo" or "rendering": train on the
@@ -26,8 +31,8 @@ SPRITE_WORLD = {"training.templates": ("a {}",), "training.lora_lr": 1e-3, "trai
 # round cap bounds the cost at 4 proposal sets and 3 trainings, 6,000 evaluations per character; on
 # 8 characters it gave 25 % consistency at 100 % conformity for 22 % of `paper`'s evaluations, where
 # 4 rounds gave 22.5 % for 27 % (bench/results/sprite_methods.md, session 5).
-SPRITE_WORLD_FAST = {"training.steps": 180, "proposals.steps": 15, "clusters": 6, "min_cluster_size": 4,
-                     "max_rounds": 3, "convergence_ratio": 0.3}
+SPRITE_WORLD_FAST = {"training.steps": 180, "training.token_lr": 3e-2, "proposals.steps": 15, "clusters": 6,
+                     "min_cluster_size": 4, "max_rounds": 3, "convergence_ratio": 0.3}
 
 
 @dataclass
@@ -35,6 +40,14 @@ class ChosenState:
     character: Character
     identity: LearnedIdentity | None
     subject_prompt: str
+
+
+def _sprite_settings(preset_name: str, character: Character, seed: int, identity_prompt: str, class_word: str,
+                     overrides: dict | None):
+    sprite_world = {**SPRITE_WORLD, **(SPRITE_WORLD_FAST if preset_name == "fast" else {})}
+    settings = preset(preset_name, character.subject, class_word, identity_prompt, size=(32, 32), seed=seed,
+                      token_name=f"<hero{seed}>")
+    return apply_overrides(settings, {**sprite_world, **(overrides or {})})
 
 
 class ChosenOneMethod:
@@ -45,23 +58,54 @@ class ChosenOneMethod:
         self.name = f"chosen-one-{preset_name}"
         self.preset_name, self.embedder, self.run_root = preset_name, embedder, Path(run_root)
         self.class_word, self.identity_prompt = class_word, identity_prompt
-        sprite_world = {**SPRITE_WORLD, **(SPRITE_WORLD_FAST if preset_name == "fast" else {})}
-        self.overrides = {**sprite_world, **(overrides or {})}
+        self.overrides = overrides
         self.rounds: list[int] = []
 
     def prepare(self, backend, character, seed):
-        settings = preset(self.preset_name, character.subject, self.class_word, self.identity_prompt,
-                          size=(32, 32), seed=seed, token_name=f"<hero{seed}>")
-        settings = apply_overrides(settings, self.overrides)
+        settings = _sprite_settings(self.preset_name, character, seed, self.identity_prompt, self.class_word,
+                                    self.overrides)
         run_dir = self.run_root / self.name / f"seed{seed}"
         result = run_chosen_one(backend, settings, lambda images: embed_images(self.embedder, images), run_dir)
         self.rounds.append(len(result.rounds))
         return ChosenState(character, result.identity, self.identity_prompt.format(settings.token_name))
 
     def generate(self, backend, state: ChosenState, prompts, seeds, settings):
-        if state.identity is None:
-            return PlainSampling().generate(backend, None, prompts, seeds, settings)
-        prompts = [p.replace(state.character.subject, state.subject_prompt, 1) for p in prompts]
-        identity = state.identity
-        with lora_applied(backend.denoiser, identity.lora, identity.rank, identity.alpha):
-            return draw(backend, prompts, seeds, settings, tokens=[identity.token])
+        return draw_learned_identity(backend, state, prompts, seeds, settings)
+
+
+def draw_learned_identity(backend, state: ChosenState, prompts, seeds, settings) -> torch.Tensor:
+    if state.identity is None:
+        return PlainSampling().generate(backend, None, prompts, seeds, settings)
+    prompts = [p.replace(state.character.subject, state.subject_prompt, 1) for p in prompts]
+    identity = state.identity
+    with lora_applied(backend.denoiser, identity.lora, identity.rank, identity.alpha):
+        return draw(backend, prompts, seeds, settings, tokens=[identity.token])
+
+
+def pure_cluster(subject: str, seed: int, count: int = 16) -> torch.Tensor:
+    """Renders of one identity that has what `subject` names, each in a random context."""
+    rng = np.random.default_rng(seed)
+    identity = identity_for(subject, seed)
+    return render_batch([identity] * count, random_contexts(count, rng), rng)
+
+
+class PureClusterCeiling:
+    """A ceiling row: one round of the preset's training on a cluster the loop could at best converge to
+    (16 renders of one identity), no proposals. Below `named-identity`, it is the training step that
+    limits consistency; above the loop's row, the clusters the loop finds do."""
+
+    def __init__(self, preset_name: str = "fast", class_word: str = "blob", identity_prompt: str = "a {}",
+                 overrides: dict | None = None):
+        self.name = f"chosen-one-{preset_name}-pure-cluster"
+        self.preset_name, self.class_word, self.identity_prompt = preset_name, class_word, identity_prompt
+        self.overrides = overrides
+
+    def prepare(self, backend, character, seed):
+        settings = _sprite_settings(self.preset_name, character, seed, self.identity_prompt, self.class_word,
+                                    self.overrides)
+        token = new_token(backend, settings.token_name, self.class_word)
+        identity = train_identity(backend, pure_cluster(character.subject, seed), token, settings.training)
+        return ChosenState(character, identity, self.identity_prompt.format(settings.token_name))
+
+    def generate(self, backend, state: ChosenState, prompts, seeds, settings):
+        return draw_learned_identity(backend, state, prompts, seeds, settings)

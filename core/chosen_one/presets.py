@@ -19,7 +19,8 @@ def preset(name: str, prompt: str, init_word: str, identity_prompt: str = "a pho
     round, at most 5 rounds, stop below 0.7× the first round's spread.
 
     `fast`: 32 proposals of 20 steps, K=3 clusters of at least 6, 150 training steps at batch 4
-    continuing the previous round's identity (warm start), at most 3 rounds.
+    continuing the previous round's identity (warm start), at most 3 rounds, noise levels drawn from
+    the noisiest half of the schedule only (where a character's identity is decided).
     """
     height, width = size
     if name == "paper":
@@ -34,7 +35,7 @@ def preset(name: str, prompt: str, init_word: str, identity_prompt: str = "a pho
             prompt=prompt, init_word=init_word, identity_prompt=identity_prompt,
             proposals=ProposalSettings(count=32, seed=seed, steps=20, cfg=7.5, height=height, width=width,
                                        batch_size=32),
-            clusters=3, min_cluster_size=6, training=IdentityTraining(steps=150, batch_size=4, seed=seed),
+            clusters=3, min_cluster_size=6, training=IdentityTraining(steps=150, batch_size=4, seed=seed, noisiest_share=0.5),
             max_rounds=3, convergence_ratio=0.7, warm_start=True)
     else:
         raise ProtagonistError(f"unknown preset {name!r}; choose one of {PRESETS}")

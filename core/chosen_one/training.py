@@ -29,6 +29,9 @@ class IdentityTraining:
     templates: tuple[str, ...] = DEFAULT_TEMPLATES
     seed: int = 0
     targets: tuple[str, ...] = ATTENTION_TARGETS
+    # Below 1, noise levels come only from this noisiest share of the schedule, where what a character
+    # is (shape, accessory) gets decided; 1 draws them as the family was trained (the published recipe).
+    noisiest_share: float = 1.0
 
 
 @dataclass
@@ -101,18 +104,19 @@ def _fit(backend, latents, token, settings, optimizer, generator, callback) -> l
     losses = []
     with torch.enable_grad():
         for step, index in enumerate(_batches(len(latents), settings.batch_size, settings.steps, generator)):
-            loss = _step_loss(backend, latents[index], token, settings.templates, size, generator)
+            loss = _step_loss(backend, latents[index], token, settings, size, generator)
             losses.append(optimisation_step(loss, optimizer, step))
             if callback is not None:
                 callback(step, losses[-1])
     return losses
 
 
-def _step_loss(backend, latents, token, templates, size, generator) -> torch.Tensor:
+def _step_loss(backend, latents, token, settings: IdentityTraining, size, generator) -> torch.Tensor:
+    templates = settings.templates
     picks = torch.randint(0, len(templates), (latents.shape[0],), generator=generator).tolist()
     prompts = [templates[p].format(token.name) for p in picks]
     cond = backend.encode_prompts(prompts, tokens=[token], image_size=size)
-    return denoising_error(backend, latents, cond, generator).mean()
+    return denoising_error(backend, latents, cond, generator, settings.noisiest_share).mean()
 
 
 def _detached(token: TokenEmbedding) -> TokenEmbedding:

@@ -57,6 +57,24 @@ def test_nan_loss_stops_with_the_step(backend):
     assert not any("lora" in name for name, _ in backend.denoiser.named_parameters())
 
 
+def test_noisiest_share_trains_only_on_the_noisiest_levels(backend, monkeypatch):
+    seen = []
+    predict = backend.raw_predict
+
+    def recording(x, sigma, cond):
+        seen.append(sigma.detach().clone())
+        return predict(x, sigma, cond)
+
+    monkeypatch.setattr(backend, "raw_predict", recording)
+    train_identity(backend, _images(), new_token(backend, "<x>", "blob"),
+                   IdentityTraining(steps=20, batch_size=4, noisiest_share=0.25, lora_lr=1e-3, token_lr=1e-2))
+    levels = backend.schedule.sampling_sigmas(1000)[:-1]
+    lowest_kept = levels[: round(0.25 * len(levels))].min()
+    sigmas = torch.cat(seen)
+    assert len(sigmas) == 80 and bool((sigmas >= lowest_kept).all())
+    assert float(sigmas.min()) > float(levels.median())
+
+
 def test_initialiser_must_be_one_token(backend):
     with pytest.raises(ProtagonistError, match="not one"):
         new_token(backend, "<x>", "blob robot")

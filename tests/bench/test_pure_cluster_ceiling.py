@@ -1,0 +1,33 @@
+"""The Chosen One's pure-cluster ceiling row: what it trains on, and with which settings."""
+
+from protagonist.bench.harness import Character
+from protagonist.bench.methods import chosen_one
+from protagonist.sprites.oracle import Oracle
+
+
+def test_pure_cluster_is_one_identity_with_what_the_subject_names_in_varied_contexts():
+    images = chosen_one.pure_cluster("a yellow blob with a hat", seed=3, count=16)
+    reading = Oracle.load().read(images)
+    assert bool(reading.valid.all())
+    names = [reading.names(i) for i in range(len(images))]
+    for attribute in ("shape", "color", "pattern", "eyes", "accessory"):
+        assert len({n[attribute] for n in names}) == 1
+    assert names[0]["color"] == "yellow" and names[0]["accessory"] == "hat"
+    assert len({(n["background"], n["position"]) for n in names}) > 5
+
+
+def test_ceiling_trains_the_fast_recipe_once_on_the_pure_cluster(monkeypatch):
+    seen = {}
+
+    def fake_train(backend, images, token, settings):
+        seen.update(images=images, token=token, settings=settings)
+        return "identity"
+
+    monkeypatch.setattr(chosen_one, "new_token", lambda backend, name, word: (name, word))
+    monkeypatch.setattr(chosen_one, "train_identity", fake_train)
+    character = Character("a red blob", ["on a beach, on the left"])
+    state = chosen_one.PureClusterCeiling().prepare(None, character, seed=5)
+    fast = chosen_one._sprite_settings("fast", character, 5, "a {}", "blob", None)
+    assert seen["settings"] == fast.training and seen["token"] == ("<hero5>", "blob")
+    assert seen["images"].shape == (16, 3, 32, 32)
+    assert state.identity == "identity" and state.subject_prompt == "a <hero5>"
