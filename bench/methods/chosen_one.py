@@ -18,7 +18,6 @@ from ..harness import Character, PlainSampling, draw
 from ..overrides import apply_overrides
 from .reference import identity_for
 
-
 # Sprite-world settings on top of the presets. The vocabulary has no "photo" or "rendering": train on the
 # one template it knows. The published lr (3e-5) barely moves a model this small (round-1 proposals as
 # spread out as round 0's); 1e-3 does (spread 13.3 → 8.1 after one `paper` round).
