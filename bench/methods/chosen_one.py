@@ -66,7 +66,7 @@ class ChosenOneMethod:
         run_dir = self.run_root / self.name / f"seed{seed}"
         result = run_chosen_one(backend, settings, lambda images: embed_images(self.embedder, images), run_dir)
         self.rounds.append(len(result.rounds))
-        return ChosenState(character, result.identity, self.identity_prompt.format(settings.token_name))
+        return ChosenState(character, result.identity, settings.identity_prompt.format(settings.token_name))
 
     def generate(self, backend, state: ChosenState, prompts, seeds, settings):
         return draw_learned_identity(backend, state, prompts, seeds, settings)
@@ -104,7 +104,7 @@ class PureClusterCeiling:
                                     self.overrides)
         token = new_token(backend, settings.token_name, self.class_word)
         identity = train_identity(backend, pure_cluster(character.subject, seed), token, settings.training)
-        return ChosenState(character, identity, self.identity_prompt.format(settings.token_name))
+        return ChosenState(character, identity, settings.identity_prompt.format(settings.token_name))
 
     def generate(self, backend, state: ChosenState, prompts, seeds, settings):
         return draw_learned_identity(backend, state, prompts, seeds, settings)
