@@ -35,7 +35,8 @@ def preset(name: str, prompt: str, init_word: str, identity_prompt: str = "a pho
             prompt=prompt, init_word=init_word, identity_prompt=identity_prompt,
             proposals=ProposalSettings(count=32, seed=seed, steps=20, cfg=7.5, height=height, width=width,
                                        batch_size=32),
-            clusters=3, min_cluster_size=6, training=IdentityTraining(steps=150, batch_size=4, seed=seed, noisiest_share=0.5),
+            clusters=3, min_cluster_size=6,
+            training=IdentityTraining(steps=150, batch_size=4, seed=seed, noisiest_share=0.5),
             max_rounds=3, convergence_ratio=0.7, warm_start=True)
     else:
         raise ProtagonistError(f"unknown preset {name!r}; choose one of {PRESETS}")
