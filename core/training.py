@@ -9,6 +9,12 @@ import torch
 from .interface import Conditioning, DiffusionBackend, ProtagonistError
 
 
+def check_noisiest_share(share: float) -> None:
+    """Trainers call this before any work: a share outside (0, 1] would silently train on one level or all."""
+    if not 0.0 < share <= 1.0:
+        raise ProtagonistError(f"noisiest_share must be in (0, 1] (1 = every noise level), got {share}")
+
+
 def noisiest_sigmas(schedule, batch: int, generator: torch.Generator, share: float) -> torch.Tensor:
     """Sigmas drawn uniformly from the noisiest `share` of the sampling schedule's 1000 levels.
 

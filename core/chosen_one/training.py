@@ -9,7 +9,7 @@ import torch
 
 from ..adapters import ATTENTION_TARGETS, LoraAdapter, frozen, frozen_parameters
 from ..interface import DiffusionBackend, ProtagonistError, TokenEmbedding
-from ..training import denoising_error, optimisation_step
+from ..training import check_noisiest_share, denoising_error, optimisation_step
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,7 @@ def train_identity(backend: DiffusionBackend, images: torch.Tensor, token: Token
     It is removed from the denoiser before returning; the result carries its weights.
     `callback(step, loss)` may raise to interrupt (the adapter is still removed).
     """
+    check_noisiest_share(settings.noisiest_share)
     generator = torch.Generator().manual_seed(settings.seed)
     with torch.no_grad():
         latents = backend.encode_images(images)

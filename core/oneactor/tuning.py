@@ -20,7 +20,7 @@ from ..interface import (
     apply_word_offset,
     concat_conditionings,
 )
-from ..training import denoising_error, optimisation_step, per_sample
+from ..training import check_noisiest_share, denoising_error, optimisation_step, per_sample
 from .projector import Projector
 
 log = logging.getLogger(__name__)
@@ -80,8 +80,7 @@ def tune_projector(backend: DiffusionBackend, data: ProposalSet, base_word: str,
                    callback=None) -> TunedProjector:
     if data.latents.shape[0] < 2:
         raise ProtagonistError("OneActor needs the target and at least one auxiliary proposal")
-    if not 0.0 < settings.noisiest_share <= 1.0:
-        raise ProtagonistError(f"noisiest_share must be in (0, 1] (1 = every noise level), got {settings.noisiest_share}")
+    check_noisiest_share(settings.noisiest_share)
     generator = torch.Generator().manual_seed(settings.seed)
     projector = new_projector(backend, data.features, settings.seed).to(backend.device)
     optimizer = torch.optim.AdamW(projector.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)

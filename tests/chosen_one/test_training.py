@@ -75,6 +75,14 @@ def test_noisiest_share_trains_only_on_the_noisiest_levels(backend, monkeypatch)
     assert float(sigmas.min()) > float(levels.median())
 
 
+def test_a_noisiest_share_outside_zero_to_one_is_refused_before_any_work(backend):
+    for share in (0.0, 1.5):
+        with pytest.raises(ProtagonistError, match="noisiest_share must be in"):
+            train_identity(backend, _images(), new_token(backend, "<x>", "blob"),
+                           IdentityTraining(steps=2, noisiest_share=share))
+    assert not any("lora" in name for name, _ in backend.denoiser.named_parameters())
+
+
 def test_initialiser_must_be_one_token(backend):
     with pytest.raises(ProtagonistError, match="not one"):
         new_token(backend, "<x>", "blob robot")
