@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -43,7 +44,7 @@ class Proposals:
 
 def generate_proposals(
     backend: DiffusionBackend,
-    prompt: str,
+    prompt: str | Sequence[str],
     negative: str,
     settings: ProposalSettings,
     tokens: list[TokenEmbedding] | None = None,
@@ -52,18 +53,25 @@ def generate_proposals(
 ) -> Proposals:
     """`settings.count` images of `prompt`, sampled `settings.batch_size` at a time with CFG.
 
+    `prompt` may instead be one prompt per image (varied scenes of one subject).
+
     With `feature_point` (e.g. "mid_block"), the input of that module at the last denoising step,
     conditional branch only, is kept for every image.
     """
     settings.check()
     size = (settings.height, settings.width)
+    prompts = _per_image(prompt, settings.count)
     with torch.no_grad():
-        positive = backend.encode_prompts([prompt], tokens=tokens, image_size=size)
         negative_cond = backend.encode_prompts([negative], image_size=size)
     seeds = [settings.seed + i for i in range(settings.count)]
     latents, images, features = [], [], []
     for start in range(0, settings.count, settings.batch_size):
         batch_seeds = seeds[start:start + settings.batch_size]
+        batch_prompts = prompts[start:start + settings.batch_size]
+        if len(set(batch_prompts)) == 1:
+            batch_prompts = batch_prompts[:1]  # one encoding, broadcast over the batch
+        with torch.no_grad():
+            positive = backend.encode_prompts(batch_prompts, tokens=tokens, image_size=size)
         noise = seeded_noise(batch_seeds, backend.latent_shape(len(batch_seeds), *size))
         with _capture(backend, feature_point) as store:
             batch = sample(backend, [negative_cond, positive], noise, settings.steps, cfg_guidance(settings.cfg),
@@ -74,6 +82,16 @@ def generate_proposals(
             images.append(backend.decode_latents(batch))
     captured = torch.cat(features) if feature_point else None
     return Proposals(torch.cat(latents), torch.cat(images), seeds, captured)
+
+
+def _per_image(prompt: str | Sequence[str], count: int) -> list[str]:
+    if isinstance(prompt, str):
+        return [prompt] * count
+    prompts = list(prompt)
+    if len(prompts) != count:
+        raise ProtagonistError(f"got {len(prompts)} prompts for {count} proposals: give one prompt, or one per "
+                               f"proposal")
+    return prompts
 
 
 def _capture(backend: DiffusionBackend, point: str | None):

@@ -10,9 +10,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors.torch import load_file
@@ -24,7 +24,7 @@ from ..proposals import ProposalSettings, generate_proposals
 from ..training import TrainingDiverged
 from .clustering import check_cluster_settings, mean_pairwise_distance, most_cohesive_cluster
 from .identity_file import load_identity, save_identity
-from .training import IdentityTraining, LearnedIdentity, new_token, train_identity
+from .training import IdentityTraining, LearnedIdentity, new_token, train_identity, with_scene
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,13 @@ class ChosenOneSettings:
     convergence_ratio: float = 0.7  # stop when the spread falls below this share of round 0's
     convergence_threshold: float | None = None  # an absolute threshold instead, when set
     warm_start: bool = False  # continue from the previous round's identity instead of the base model
+    # Scenes ("on a beach") that proposal i ends with (i modulo their number) and that its training captions
+    # repeat: the cohesive cluster then agrees on the character, not on a background the token would absorb.
+    # Empty: the published recipe, one prompt for every proposal.
+    scenes: tuple[str, ...] = ()
+
+    def scene_of(self, index: int) -> str:
+        return self.scenes[index % len(self.scenes)] if self.scenes else ""
 
 
 @dataclass
@@ -87,12 +94,13 @@ def _propose(backend, settings: ChosenOneSettings, identity, index: int, callbac
     proposal = ProposalSettings(**{**asdict(settings.proposals),
                                    "seed": settings.proposals.seed + index * settings.proposals.count})
     prompt = settings.prompt if identity is None else settings.identity_prompt.format(identity.token.name)
+    prompts = [with_scene(prompt, settings.scene_of(i)) for i in range(proposal.count)]
     tokens = [identity.token] if identity is not None else None
     with _identity_context(backend, identity):
-        return generate_proposals(backend, prompt, settings.negative, proposal, tokens=tokens, callback=callback)
+        return generate_proposals(backend, prompts, settings.negative, proposal, tokens=tokens, callback=callback)
 
 
-def _train(backend, settings: ChosenOneSettings, images, previous: LearnedIdentity | None, index: int,
+def _train(backend, settings: ChosenOneSettings, images, scenes, previous: LearnedIdentity | None, index: int,
            callback=None):
     """A fresh identity from the base model, or (warm start) one that continues the previous round's."""
     token = new_token(backend, settings.token_name, settings.init_word)
@@ -101,7 +109,8 @@ def _train(backend, settings: ChosenOneSettings, images, previous: LearnedIdenti
     if settings.warm_start and previous is not None:
         token.vectors = {k: v.clone().requires_grad_(True) for k, v in previous.token.vectors.items()}
         initial_lora = previous.lora
-    return train_identity(backend, images, token, training, callback=callback, initial_lora=initial_lora)
+    return train_identity(backend, images, token, training, callback=callback, initial_lora=initial_lora,
+                          scenes=scenes)
 
 
 def _save_round(directory: Path, proposals, embeddings, choice, identity, spread, family, init_word) -> RoundResult:
@@ -151,7 +160,9 @@ def run_chosen_one(backend: DiffusionBackend, settings: ChosenOneSettings, embed
         choice = most_cohesive_cluster(embeddings, settings.clusters, settings.min_cluster_size, settings.metric,
                                        seed=settings.proposals.seed + index)
         try:
-            identity = _train(backend, settings, proposals.images[choice.indices], identity, index, train_callback)
+            scenes = [settings.scene_of(i) for i in choice.indices]
+            identity = _train(backend, settings, proposals.images[choice.indices], scenes, identity, index,
+                              train_callback)
         except TrainingDiverged as error:
             log.error("round %d: %s; keeping round %d's identity", index, error, index - 1)
             break

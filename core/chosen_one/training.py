@@ -70,14 +70,19 @@ def _batches(count: int, batch_size: int, steps: int, generator: torch.Generator
 
 def train_identity(backend: DiffusionBackend, images: torch.Tensor, token: TokenEmbedding,
                    settings: IdentityTraining, callback=None,
-                   initial_lora: dict[str, torch.Tensor] | None = None) -> LearnedIdentity:
+                   initial_lora: dict[str, torch.Tensor] | None = None,
+                   scenes: list[str] | None = None) -> LearnedIdentity:
     """Fit LoRA + `token` to `images` ([N, 3, H, W] in [0, 1]) with the denoising loss.
+
+    `scenes`, one per image ("on a beach"), end that image's captions, so that what the caption
+    explains (the background) is not learnt into the token.
 
     The adapter starts from `initial_lora` when given (same rank), else from peft's zero-effect init.
     It is removed from the denoiser before returning; the result carries its weights.
     `callback(step, loss)` may raise to interrupt (the adapter is still removed).
     """
     check_noisiest_share(settings.noisiest_share)
+    scenes = _checked_scenes(scenes, len(images))
     generator = torch.Generator().manual_seed(settings.seed)
     with torch.no_grad():
         latents = backend.encode_images(images)
@@ -94,30 +99,43 @@ def train_identity(backend: DiffusionBackend, images: torch.Tensor, token: Token
             {"params": list(token.vectors.values()), "lr": settings.token_lr, "weight_decay": 0.0},
         ])
         with backend.trainable(), backend.session(), frozen_parameters(base), frozen(*text_modules(backend)):
-            losses = _fit(backend, latents, token, settings, optimizer, generator, callback)
+            losses = _fit(backend, latents, scenes, token, settings, optimizer, generator, callback)
         return LearnedIdentity(_detached(token), adapter.state_dict(), settings.rank, settings.alpha, losses)
     finally:
         adapter.remove()
 
 
-def _fit(backend, latents, token, settings, optimizer, generator, callback) -> list[float]:
+def _checked_scenes(scenes: list[str] | None, count: int) -> list[str]:
+    if scenes is None:
+        return [""] * count
+    if len(scenes) != count:
+        raise ProtagonistError(f"got {len(scenes)} scenes for {count} training images: give one per image")
+    return list(scenes)
+
+
+def _fit(backend, latents, scenes, token, settings, optimizer, generator, callback) -> list[float]:
     size = (latents.shape[-2] * backend.vae_scale, latents.shape[-1] * backend.vae_scale)
     losses = []
     with torch.enable_grad():
         for step, index in enumerate(_batches(len(latents), settings.batch_size, settings.steps, generator)):
-            loss = _step_loss(backend, latents[index], token, settings, size, generator)
+            batch_scenes = [scenes[i] for i in index.tolist()]
+            loss = _step_loss(backend, latents[index], batch_scenes, token, settings, size, generator)
             losses.append(optimisation_step(loss, optimizer, step))
             if callback is not None:
                 callback(step, losses[-1])
     return losses
 
 
-def _step_loss(backend, latents, token, settings: IdentityTraining, size, generator) -> torch.Tensor:
+def _step_loss(backend, latents, scenes, token, settings: IdentityTraining, size, generator) -> torch.Tensor:
     templates = settings.templates
     picks = torch.randint(0, len(templates), (latents.shape[0],), generator=generator).tolist()
-    prompts = [templates[p].format(token.name) for p in picks]
+    prompts = [with_scene(templates[p].format(token.name), scene) for p, scene in zip(picks, scenes)]
     cond = backend.encode_prompts(prompts, tokens=[token], image_size=size)
     return denoising_error(backend, latents, cond, generator, settings.noisiest_share).mean()
+
+
+def with_scene(prompt: str, scene: str) -> str:
+    return f"{prompt} {scene}" if scene else prompt
 
 
 def _detached(token: TokenEmbedding) -> TokenEmbedding:

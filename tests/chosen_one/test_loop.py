@@ -93,3 +93,18 @@ def test_identity_file_and_comfyui_exports(tiny_sdxl_backend, embed, tmp_path):
     assert all(k.startswith("lora_unet_") for k in load_file(str(lora)))
     with pytest.raises(ProtagonistError, match="already exists"):
         export_for_comfyui(identity, tmp_path / "hero.safetensors", tmp_path / "other.safetensors")
+
+
+def test_scenes_vary_the_proposals_and_caption_the_cluster(tiny_sdxl_backend, embed, tmp_path, monkeypatch):
+    seen: list[str] = []
+    encode = tiny_sdxl_backend.encode_prompts
+    monkeypatch.setattr(tiny_sdxl_backend, "encode_prompts",
+                        lambda prompts, *a, **k: seen.extend(prompts) or encode(prompts, *a, **k))
+    settings = _settings(scenes=("on a beach", "in a forest"), max_rounds=1,
+                         training=IdentityTraining(steps=4, templates=("a photo of {}",), lora_lr=1e-3, token_lr=1e-2))
+    result = run_chosen_one(tiny_sdxl_backend, settings, embed, tmp_path)
+    proposal_prompts = seen[:7]  # the negative, then the six proposals' prompts in one batch
+    assert proposal_prompts[1:] == ["a photo of a red blob on a beach", "a photo of a red blob in a forest"] * 3
+    chosen = result.rounds[0].chosen
+    captions = set(seen[7:-7])  # between round 0's proposals and round 1's (negative + six prompts)
+    assert captions and captions <= {f"a photo of <protagonist> {settings.scene_of(i)}" for i in chosen}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from protagonist.core.adapters import LoraAdapter, comfy_lora, kohya_lora, lora_applied
@@ -35,9 +37,9 @@ def test_training_changes_only_the_token_and_the_adapter(backend):
     token = new_token(backend, "<hero>", "blob")
     start = {k: v.detach().clone() for k, v in token.vectors.items()}
     learned = train_identity(backend, _images(), token, IdentityTraining(steps=5, lora_lr=1e-3, token_lr=1e-2))
-    assert len(learned.losses) == 5 and all(l == l for l in learned.losses)
-    for key in start:
-        assert not torch.equal(learned.token.vectors[key], start[key])
+    assert len(learned.losses) == 5 and all(math.isfinite(loss) for loss in learned.losses)
+    for key, vector in start.items():
+        assert not torch.equal(learned.token.vectors[key], vector)
     for key, table in backend.embedding_tables().items():
         assert torch.equal(table.weight, tables[key])
     assert set(backend.denoiser.state_dict()) == set(denoiser)
@@ -99,3 +101,30 @@ def test_export_key_formats(backend):
     assert down and all(k.startswith("lora_unet_") and "." not in k[: -len(".lora_down.weight")] for k in down)
     assert len(kohya) == 3 * len(down) and float(kohya[down[0].replace("lora_down.weight", "alpha")]) == 2.0
     assert all(k.startswith("diffusion_model.") for k in comfy_lora(state, 2.0))
+
+
+def _recording_prompts(backend, monkeypatch) -> list[str]:
+    seen: list[str] = []
+    encode = backend.encode_prompts
+
+    def recording(prompts, *args, **kwargs):
+        seen.extend(prompts)
+        return encode(prompts, *args, **kwargs)
+
+    monkeypatch.setattr(backend, "encode_prompts", recording)
+    return seen
+
+
+def test_each_image_is_captioned_with_its_own_scene(backend, monkeypatch):
+    seen = _recording_prompts(backend, monkeypatch)
+    scenes = ["on a beach", "in a forest", "in the snow", "at night"]
+    train_identity(backend, _images(), new_token(backend, "<x>", "blob"),
+                   IdentityTraining(steps=6, batch_size=4, templates=("a {}",), lora_lr=1e-3, token_lr=1e-2),
+                   scenes=scenes)
+    assert len(seen) == 24 and set(seen) == {f"a <x> {scene}" for scene in scenes}
+
+
+def test_one_scene_per_training_image_is_required(backend):
+    with pytest.raises(ProtagonistError, match="3 scenes for 4 training images"):
+        train_identity(backend, _images(), new_token(backend, "<x>", "blob"), IdentityTraining(steps=2),
+                       scenes=["on a beach"] * 3)

@@ -1,0 +1,26 @@
+"""Proposals on the tiny SDXL: one prompt per image gives each image what its prompt alone gives."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from protagonist.core.interface import ProtagonistError
+from protagonist.core.proposals import ProposalSettings, generate_proposals
+
+SETTINGS = ProposalSettings(count=4, seed=5, steps=2, cfg=3.0, height=32, width=32, batch_size=3)
+
+
+def test_one_prompt_per_image_equals_each_prompt_on_its_own(tiny_sdxl_backend):
+    prompts = ["a red blob on a beach", "a red blob in a forest"] * 2
+    mixed = generate_proposals(tiny_sdxl_backend, prompts, "", SETTINGS)
+    beach = generate_proposals(tiny_sdxl_backend, prompts[0], "", SETTINGS)
+    forest = generate_proposals(tiny_sdxl_backend, prompts[1], "", SETTINGS)
+    assert mixed.seeds == beach.seeds == [5, 6, 7, 8]
+    torch.testing.assert_close(mixed.latents[0::2], beach.latents[0::2], rtol=0, atol=2e-4)  # batch composition moves float sums
+    torch.testing.assert_close(mixed.latents[1::2], forest.latents[1::2], rtol=0, atol=2e-4)  # batch composition moves float sums
+    assert not torch.allclose(beach.latents, forest.latents)
+
+
+def test_a_prompt_list_must_have_one_prompt_per_proposal(tiny_sdxl_backend):
+    with pytest.raises(ProtagonistError, match="3 prompts for 4 proposals"):
+        generate_proposals(tiny_sdxl_backend, ["a blob"] * 3, "", SETTINGS)
