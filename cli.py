@@ -54,6 +54,15 @@ def load_embedder(source: str, device: str):
     return load_dinov2(source, device)
 
 
+def read_scenes(path: str) -> list[str]:
+    from .core.interface import ProtagonistError
+
+    scenes = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    if not scenes:
+        raise ProtagonistError(f"{path} has no scenes: write one per line, like 'on a beach'")
+    return scenes
+
+
 def run_chosen_one(args) -> int:
     """The Chosen One loop; writes the run directory, the identity and ComfyUI-loadable exports."""
     from .core.chosen_one.identity_file import export_for_comfyui, save_identity
@@ -66,7 +75,8 @@ def run_chosen_one(args) -> int:
     backend = load_model(args.model, args.device)
     embedder = load_embedder(args.dinov2, args.device)
     settings = preset(args.preset, args.prompt, args.init_word, args.identity_prompt, size=(args.size, args.size),
-                      seed=args.seed, token_name=f"<{args.name}>")
+                      seed=args.seed, token_name=f"<{args.name}>",
+                      scenes=tuple(read_scenes(args.scenes)) if args.scenes else ())
     out = Path(args.out)
     result = loop(backend, settings, lambda images: embed_images(embedder, images), out / "run")
     if result.identity is None:
@@ -162,8 +172,7 @@ def run_dsd_make_pairs(args) -> int:
         judge = load_judge(args.judge, args.device, max_new_tokens=args.judge_tokens)
     backend = load_model(args.model, args.device)
     embedder = load_embedder(args.dinov2, args.device)
-    scenes = [line.strip() for line in Path(args.scenes).read_text().splitlines() if line.strip()]
-    prompts = grid_prompts(args.subject, scenes, args.grids, seed=args.seed)
+    prompts = grid_prompts(args.subject, read_scenes(args.scenes), args.grids, seed=args.seed)
     sampling = ProposalSettings(count=1, seed=args.seed, steps=args.steps, cfg=args.cfg, height=2 * args.size,
                                 width=2 * args.size)
     summary = mine_pairs(backend, prompts, args.out, lambda images: embed_images(embedder, images),
@@ -291,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     chosen.add_argument("--prompt", default="a red blob")
     chosen.add_argument("--init-word", default="blob", help="a one-token word the new token starts from")
     chosen.add_argument("--identity-prompt", default="a {}", help='how later rounds prompt; "{}" is the token')
+    chosen.add_argument("--scenes", help="a text file, one scene per line ('on a beach'): the proposals cycle "
+                                         "through them and the training captions repeat them, so the token learns "
+                                         "the character rather than a background (default: none, as published)")
     chosen.add_argument("--name", default="protagonist", help="the token and file names")
     chosen.add_argument("--preset", default="fast", choices=["paper", "fast"])
     chosen.add_argument("--dinov2", default="sprite", help="'sprite', a DINOv2 folder or a hub id")

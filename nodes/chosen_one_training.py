@@ -86,6 +86,10 @@ class LoraTITrainer(io.ComfyNode):
         return io.NodeOutput(model_out, clip_out, lora_file, token_text, loss_curve_image(identity.losses))
 
 
+def scene_lines(text: str) -> tuple[str, ...]:
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+
 class ChosenOneLoop(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -105,6 +109,10 @@ class ChosenOneLoop(io.ComfyNode):
                                 tooltip="Prompt of later rounds; {} becomes the learned token."),
                 io.Combo.Input("preset", options=list(PRESETS), default="fast",
                                tooltip="paper: the published recipe; fast: about 4× fewer model evaluations."),
+                io.String.Input("scenes", multiline=True, default="",
+                                tooltip="Optional, one per line (\"on a beach\", \"in a city, close-up\"): proposals "
+                                        "cycle through them and training captions repeat them, so the token learns "
+                                        "the character rather than a background. Empty: the published recipe."),
                 io.String.Input("dinov2", default="dinov2-large", tooltip="A folder in models/dinov2 or a hub id."),
                 io.String.Input("name", default="protagonist", tooltip="Run, token and file name."),
                 io.Int.Input("width", default=1024, min=16, max=4096, step=8, tooltip="Proposal width."),
@@ -117,11 +125,11 @@ class ChosenOneLoop(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, clip, vae, prompt, init_word, identity_prompt, preset, dinov2, name, width, height,
-                seed, overwrite) -> io.NodeOutput:
+    def execute(cls, model, clip, vae, prompt, init_word, identity_prompt, preset, scenes, dinov2, name, width,
+                height, seed, overwrite) -> io.NodeOutput:
         refuse_existing_exports(name, overwrite)
         settings = preset_settings(preset, prompt, init_word, identity_prompt, size=(height, width), seed=seed,
-                                       token_name=f"<{name}>")
+                                   token_name=f"<{name}>", scenes=scene_lines(scenes))
         embedder = cached_dinov2(dinov2)
         shown = []
         with torch.inference_mode(False), torch.enable_grad():

@@ -61,3 +61,11 @@ def test_dsd_make_pairs_with_a_missing_judge_fails_before_any_work(tmp_path):
         main(["dsd", "make-pairs", "--model", "tiny-flux", "--scenes", str(tmp_path / "scenes.txt"),
               "--judge", str(tmp_path / "no-vlm"), "--out", str(tmp_path / "pairs")])
     assert not (tmp_path / "pairs").exists()
+
+
+def test_chosen_one_with_an_empty_scenes_file_says_what_to_write(tmp_path):
+    (tmp_path / "scenes.txt").write_text("\n  \n")
+    with pytest.raises(ProtagonistError, match="no scenes: write one per line"):
+        main(["chosen-one", "--model", "tiny-sdxl", "--dinov2", "sprite", "--scenes", str(tmp_path / "scenes.txt"),
+              "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()

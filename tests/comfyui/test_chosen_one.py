@@ -87,6 +87,7 @@ def test_the_whole_loop_node_runs_in_the_executor(comfy_nodes, comfy_sdxl):
         "2": {"class_type": "Protagonist_ChosenOneLoop", "inputs": {
             "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "prompt": "a photo of a red blob",
             "init_word": "blob", "identity_prompt": "a photo of {}", "preset": "fast", "dinov2": "tiny",
+            "scenes": "on a beach\nin a forest",
             "name": "loophero", "width": 32, "height": 32, "seed": 3, "overwrite": True}},
         "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 3]}},
     }

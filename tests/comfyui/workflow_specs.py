@@ -89,13 +89,16 @@ def chosen_one_full_loop() -> Workflow:
 3. **The Chosen One**: describe the character in `prompt`; `init_word` is a one-token word the new token starts from (man, woman, cat…); `name` names the run, the LoRA and the embedding.
    * preset `fast`: 32 proposals × 20 steps, 3 rounds at most (≈ 15–25 min on a 24 GB GPU at 1024²).
    * preset `paper`: the published recipe, 128 proposals × 35 steps, up to 5 rounds (≈ 1–2 h).
+   * `scenes`, one per line: proposals cycle through them and the training captions repeat them, so the token learns the character, not a background. Clear it for the published recipe.
    Each round is saved in `output/protagonist_runs/<name>`; queue again to resume after an interrupt.
 4. The result is applied to MODEL/CLIP; write `embedding:<name>` in any prompt. Files: `models/loras/<name>.safetensors`, `models/embeddings/<name>.safetensors`.
 Out of memory? Lower width/height to 768 or use the one-round workflow with a smaller batch_size.""")
     ckpt = sdxl_checkpoint(w)
     loop = w.add("Protagonist_ChosenOneLoop", model=ckpt[0], clip=ckpt[1], vae=ckpt[2],
                  prompt="a photo of a 50 years old man with curly hair, studio lighting", init_word="man",
-                 identity_prompt="a photo of {}", preset="fast", dinov2=DINOV2, name="hero", width=1024, height=1024,
+                 identity_prompt="a photo of {}", preset="fast",
+                 scenes="on a city street\nin a forest\non a beach\nin a kitchen\nin the snow\nin an office",
+                 dinov2=DINOV2, name="hero", width=1024, height=1024,
                  seed=0, control_after_generate="fixed", overwrite=False)
     w.add("PreviewImage", images=loop[3])
     w.add("PreviewAny", source=loop[4])
