@@ -13,6 +13,8 @@ from ...core.chosen_one.loop import run_chosen_one
 from ...core.chosen_one.presets import preset
 from ...core.chosen_one.training import LearnedIdentity, new_token, train_identity
 from ...core.embedding import embed_images
+from ...sprites.attributes import ATTRIBUTES, Context
+from ...sprites.captions import context_phrase
 from ...sprites.world import random_contexts, render_batch
 from ..harness import Character, PlainSampling, draw
 from ..overrides import apply_overrides
@@ -43,12 +45,23 @@ class ChosenState:
     subject_prompt: str
 
 
+def held_out_scenes(character: Character) -> tuple[str, ...]:
+    """Every scene of the sprite world ("in a forest, on the left") except those of the character's prompts,
+    so that no training caption is a prompt the benchmark then draws."""
+    every = [context_phrase(Context(b, p)) for b in range(len(ATTRIBUTES["background"]))
+             for p in range(len(ATTRIBUTES["position"]))]
+    return tuple(scene for scene in every if scene not in character.contexts)
+
+
 def _sprite_settings(preset_name: str, character: Character, seed: int, identity_prompt: str, class_word: str,
                      overrides: dict | None):
     sprite_world = {**SPRITE_WORLD, **(SPRITE_WORLD_FAST if preset_name == "fast" else {})}
     settings = preset(preset_name, character.subject, class_word, identity_prompt, size=(32, 32), seed=seed,
                       token_name=f"<hero{seed}>")
-    return apply_overrides(settings, {**sprite_world, **(overrides or {})})
+    overrides = {**sprite_world, **(overrides or {})}
+    if overrides.get("scenes") == "held-out":
+        overrides["scenes"] = held_out_scenes(character)
+    return apply_overrides(settings, overrides)
 
 
 class ChosenOneMethod:

@@ -1,4 +1,4 @@
-"""The Chosen One's pure-cluster ceiling row: what it trains on, and with which settings."""
+"""The Chosen One in the benchmark: the pure-cluster ceiling row, and scenes held out from the prompts."""
 
 from protagonist.bench.harness import Character
 from protagonist.bench.methods import chosen_one
@@ -31,3 +31,12 @@ def test_ceiling_trains_the_fast_recipe_once_on_the_pure_cluster(monkeypatch):
     assert seen["settings"] == fast.training and seen["token"] == ("<hero5>", "blob")
     assert seen["images"].shape == (16, 3, 32, 32)
     assert state.identity == "identity" and state.subject_prompt == "a <hero5>"
+
+
+def test_held_out_scenes_are_every_sprite_scene_but_the_characters_own():
+    character = Character("a red blob", ["on a beach, on the left", "at night, in the center"])
+    scenes = chosen_one.held_out_scenes(character)
+    assert len(scenes) == 6 * 3 - 2 and len(set(scenes)) == len(scenes)
+    assert "in a forest, on the right" in scenes and not set(character.contexts) & set(scenes)
+    settings = chosen_one._sprite_settings("fast", character, 5, "a {}", "blob", {"scenes": "held-out"})
+    assert settings.scenes == scenes
