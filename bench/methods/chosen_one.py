@@ -96,16 +96,23 @@ def draw_learned_identity(backend, state: ChosenState, prompts, seeds, settings)
         return draw(backend, prompts, seeds, settings, tokens=[identity.token])
 
 
-def pure_cluster(subject: str, seed: int, count: int = 16) -> torch.Tensor:
-    """Renders of one identity that has what `subject` names, each in a random context."""
+def pure_cluster(subject: str, seed: int, count: int = 16, scenes: tuple[str, ...] = ()):
+    """Renders of one identity that has what `subject` names, each in a random context (one of `scenes`
+    when given), and each render's scene phrase ("" without `scenes`)."""
     rng = np.random.default_rng(seed)
     identity = identity_for(subject, seed)
-    return render_batch([identity] * count, random_contexts(count, rng), rng)
+    contexts = random_contexts(count, rng)
+    if scenes:
+        every = {context_phrase(Context(b, p)): Context(b, p) for b in range(len(ATTRIBUTES["background"]))
+                 for p in range(len(ATTRIBUTES["position"]))}
+        contexts = [every[scenes[i]] for i in rng.integers(0, len(scenes), count)]
+    images = render_batch([identity] * count, contexts, rng)
+    return images, [context_phrase(c) if scenes else "" for c in contexts]
 
 
 class PureClusterCeiling:
     """A ceiling row: one round of the preset's training on a cluster the loop could at best converge to
-    (16 renders of one identity), no proposals. Below `named-identity`, it is the training step that
+    (16 renders of one identity, in the preset's scenes when it has some, captioned with them), no proposals. Below `named-identity`, it is the training step that
     limits consistency; above the loop's row, the clusters the loop finds do."""
 
     def __init__(self, preset_name: str = "fast", class_word: str = "blob", identity_prompt: str = "a {}",
@@ -118,7 +125,8 @@ class PureClusterCeiling:
         settings = _sprite_settings(self.preset_name, character, seed, self.identity_prompt, self.class_word,
                                     self.overrides)
         token = new_token(backend, settings.token_name, self.class_word)
-        identity = train_identity(backend, pure_cluster(character.subject, seed), token, settings.training)
+        images, scenes = pure_cluster(character.subject, seed, scenes=settings.scenes)
+        identity = train_identity(backend, images, token, settings.training, scenes=scenes)
         return ChosenState(character, identity, settings.identity_prompt.format(settings.token_name))
 
     def generate(self, backend, state: ChosenState, prompts, seeds, settings):

@@ -6,7 +6,8 @@ from protagonist.sprites.oracle import Oracle
 
 
 def test_pure_cluster_is_one_identity_with_what_the_subject_names_in_varied_contexts():
-    images = chosen_one.pure_cluster("a yellow blob with a hat", seed=3, count=16)
+    images, scenes = chosen_one.pure_cluster("a yellow blob with a hat", seed=3, count=16)
+    assert scenes == [""] * 16
     reading = Oracle.load().read(images)
     assert bool(reading.valid.all())
     names = [reading.names(i) for i in range(len(images))]
@@ -19,8 +20,8 @@ def test_pure_cluster_is_one_identity_with_what_the_subject_names_in_varied_cont
 def test_ceiling_trains_the_fast_recipe_once_on_the_pure_cluster(monkeypatch):
     seen = {}
 
-    def fake_train(backend, images, token, settings):
-        seen.update(images=images, token=token, settings=settings)
+    def fake_train(backend, images, token, settings, scenes):
+        seen.update(images=images, token=token, settings=settings, scenes=scenes)
         return "identity"
 
     monkeypatch.setattr(chosen_one, "new_token", lambda backend, name, word: (name, word))
@@ -40,3 +41,13 @@ def test_held_out_scenes_are_every_sprite_scene_but_the_characters_own():
     assert "in a forest, on the right" in scenes and not set(character.contexts) & set(scenes)
     settings = chosen_one._sprite_settings("fast", character, 5, "a {}", "blob", {"scenes": "held-out"})
     assert settings.scenes == scenes
+
+
+def test_pure_cluster_in_scenes_is_drawn_in_those_scenes_and_captioned_with_them():
+    scenes = ("in a forest, on the left", "at night, on the right")
+    images, captions = chosen_one.pure_cluster("a red blob", seed=2, count=12, scenes=scenes)
+    reading = Oracle.load().read(images)
+    assert set(captions) == set(scenes)
+    for i, caption in enumerate(captions):
+        names = reading.names(i)
+        assert caption == f"{'in a forest' if names['background'] == 'forest' else 'at night'}, on the {names['position']}"
