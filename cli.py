@@ -55,9 +55,10 @@ def load_embedder(source: str, device: str):
 
 
 def read_scenes(path: str) -> list[str]:
+    from .core.chosen_one.training import scene_lines
     from .core.interface import ProtagonistError
 
-    scenes = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    scenes = list(scene_lines(Path(path).read_text()))
     if not scenes:
         raise ProtagonistError(f"{path} has no scenes: write one per line, like 'on a beach'")
     return scenes

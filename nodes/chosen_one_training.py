@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import comfy.sd
 import torch
 from comfy_api.v0_0_2 import io
@@ -11,7 +13,14 @@ from ..core.chosen_one.identity_file import export_for_comfyui, save_identity
 from ..core.chosen_one.loop import run_chosen_one
 from ..core.chosen_one.presets import PRESETS
 from ..core.chosen_one.presets import preset as preset_settings
-from ..core.chosen_one.training import DEFAULT_TEMPLATES, IdentityTraining, new_token, train_identity
+from ..core.chosen_one.training import (
+    DEFAULT_TEMPLATES,
+    IdentityTraining,
+    new_token,
+    scene_lines,
+    scenes_for,
+    train_identity,
+)
 from ..core.embedding import embed_images
 from .chosen_one import cached_dinov2, loss_curve_image
 from .comfy_backend import ComfyBackend
@@ -39,6 +48,17 @@ def write_exports(identity, name: str, overwrite: bool) -> tuple[str, str]:
     return lora_path.name, f"embedding:{name}"
 
 
+def proposal_indices(text: str, count: int) -> list[int]:
+    """The cluster node's indices ("[0, 5, 9]"), one per image; empty: images are proposals 0…count-1."""
+    if not text.strip():
+        return list(range(count))
+    indices = json.loads(text)
+    if len(indices) != count:
+        raise ValueError(f"{len(indices)} indices for {count} images: connect the indices of the cluster these "
+                         f"images came from")
+    return indices
+
+
 class LoraTITrainer(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -64,6 +84,12 @@ class LoraTITrainer(io.ComfyNode):
                 io.Float.Input("token_lr", default=3e-5, min=0.0, max=1.0, step=1e-6, tooltip="Token learning rate."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, tooltip="Seed of batches and noise."),
                 io.Boolean.Input("overwrite", default=False, tooltip="Replace existing files of the same name."),
+                io.String.Input("scenes", multiline=True, default="", optional=True,
+                                tooltip="The Proposal Sampler's scenes, one per line: each image's captions end with "
+                                        "its scene, so the token does not learn the background."),
+                io.String.Input("indices", default="", optional=True, force_input=True,
+                                tooltip="The cluster's indices (from K-Means Cohesive Cluster): which proposal, and "
+                                        "so which scene, each image is. Without it image k is proposal k."),
             ],
             outputs=[io.Model.Output(), io.Clip.Output(), io.String.Output(display_name="lora_file"),
                      io.String.Output(display_name="token"), io.Image.Output(display_name="loss_curve")],
@@ -71,8 +97,9 @@ class LoraTITrainer(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, vae, images, name, init_word, templates, steps, batch_size, rank, alpha,
-                lora_lr, token_lr, seed, overwrite) -> io.NodeOutput:
+                lora_lr, token_lr, seed, overwrite, scenes="", indices="") -> io.NodeOutput:
         refuse_existing_exports(name, overwrite)
+        image_scenes = scenes_for(scene_lines(scenes), proposal_indices(indices, images.shape[0]))
         settings = IdentityTraining(steps=steps, batch_size=batch_size, rank=rank, alpha=alpha, lora_lr=lora_lr,
                                     token_lr=token_lr, seed=seed,
                                     templates=tuple(t for t in templates.splitlines() if t.strip()))
@@ -80,14 +107,10 @@ class LoraTITrainer(io.ComfyNode):
             backend = ComfyBackend(model, clip, vae)
             token = new_token(backend, f"<{name}>", init_word)
             identity = train_identity(backend, images_to_core(images).clone(), token, settings,
-                                      callback=TrainingProgress(steps))
+                                      callback=TrainingProgress(steps), scenes=image_scenes)
         lora_file, token_text = write_exports(identity, name, overwrite)
         model_out, clip_out = apply_identity(model, clip, identity)
         return io.NodeOutput(model_out, clip_out, lora_file, token_text, loss_curve_image(identity.losses))
-
-
-def scene_lines(text: str) -> tuple[str, ...]:
-    return tuple(line.strip() for line in text.splitlines() if line.strip())
 
 
 class ChosenOneLoop(io.ComfyNode):

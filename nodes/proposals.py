@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import io
 
+from ..core.chosen_one.training import scene_lines, scenes_for, with_scene
 from ..core.proposals import ProposalSettings, generate_proposals
 from ..core.sampling import SAMPLERS
 from .comfy_backend import ComfyBackend
@@ -40,6 +41,10 @@ class ProposalSampler(io.ComfyNode):
                 io.Int.Input("height", default=1024, min=16, max=4096, step=8, tooltip="Image height in pixels."),
                 io.Int.Input("batch_size", default=4, min=1, max=64,
                              tooltip="Images sampled per pass; lower it if you run out of memory."),
+                io.String.Input("scenes", multiline=True, default="", optional=True,
+                                tooltip="Optional, one per line (\"on a beach\"): proposal i ends with scene i, "
+                                        "cycling. Give the trainer the same list, so the token learns the "
+                                        "character rather than a background."),
             ],
             outputs=[io.Image.Output(display_name="images"), io.Latent.Output(display_name="latents"),
                      Features.Output(display_name="features")],
@@ -47,13 +52,14 @@ class ProposalSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, vae, prompt, negative, count, seed, steps, cfg, sampler, width, height,
-                batch_size) -> io.NodeOutput:
+                batch_size, scenes="") -> io.NodeOutput:
         backend = ComfyBackend(model, clip, vae)
         settings = ProposalSettings(count=count, seed=seed, steps=steps, cfg=cfg, sampler=sampler,
                                     height=height, width=width, batch_size=batch_size)
         runs = -(-count // batch_size)
         point = "mid_block" if backend.family == "sdxl" else None  # OneActor's features (SDXL only for now)
-        result = generate_proposals(backend, prompt, negative, settings,
+        prompts = [with_scene(prompt, scene) for scene in scenes_for(scene_lines(scenes), range(count))]
+        result = generate_proposals(backend, prompts, negative, settings,
                                     callback=SamplingProgress(model, steps, runs), feature_point=point)
         latent = {"samples": model.model.process_latent_out(result.latents.float()).cpu()}
         return io.NodeOutput(images_to_comfy(result.images), latent, result.features)

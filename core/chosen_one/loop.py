@@ -24,7 +24,7 @@ from ..proposals import ProposalSettings, generate_proposals
 from ..training import TrainingDiverged
 from .clustering import check_cluster_settings, mean_pairwise_distance, most_cohesive_cluster
 from .identity_file import load_identity, save_identity
-from .training import IdentityTraining, LearnedIdentity, new_token, train_identity, with_scene
+from .training import IdentityTraining, LearnedIdentity, new_token, scenes_for, train_identity, with_scene
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class ChosenOneSettings:
     scenes: tuple[str, ...] = ()
 
     def scene_of(self, index: int) -> str:
-        return self.scenes[index % len(self.scenes)] if self.scenes else ""
+        return scenes_for(self.scenes, [index])[0]
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -136,6 +137,16 @@ def _step_loss(backend, latents, scenes, token, settings: IdentityTraining, size
 
 def with_scene(prompt: str, scene: str) -> str:
     return f"{prompt} {scene}" if scene else prompt
+
+
+def scene_lines(text: str) -> tuple[str, ...]:
+    """Scenes written one per line (blank lines ignored)."""
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+
+def scenes_for(scenes: Sequence[str], indices: Iterable[int]) -> list[str]:
+    """Proposal i's scene is scenes[i mod len(scenes)] (no scenes: none)."""
+    return [scenes[i % len(scenes)] if scenes else "" for i in indices]
 
 
 def _detached(token: TokenEmbedding) -> TokenEmbedding:

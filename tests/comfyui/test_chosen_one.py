@@ -43,8 +43,25 @@ def test_exported_identity_reloads_in_stock_comfyui(comfy_nodes, diffusers_sdxl,
     assert (ours - got).abs().max() <= PARITY_TOLERANCE
 
 
-def test_chosen_one_nodes_run_one_round_in_the_executor(comfy_nodes, comfy_sdxl):
+def _recording(module, name: str, seen: list, monkeypatch):
+    original = getattr(module, name)
+
+    def record(*args, **kwargs):
+        result = original(*args, **kwargs)
+        seen.append((args, kwargs, result))
+        return result
+
+    monkeypatch.setattr(module, name, record)
+
+
+def test_chosen_one_nodes_run_one_round_in_the_executor(comfy_nodes, comfy_sdxl, monkeypatch):
     import folder_paths
+
+    clusters, trainings, proposals = [], [], []
+    _recording(pack_module("nodes.proposals"), "generate_proposals", proposals, monkeypatch)
+    _recording(pack_module("nodes.chosen_one"), "most_cohesive_cluster", clusters, monkeypatch)
+    _recording(pack_module("nodes.chosen_one_training"), "train_identity", trainings, monkeypatch)
+    scenes = "on a beach\nin a forest\nat night"
 
     tiny_dinov2(0).save_pretrained(str(Path(folder_paths.get_folder_paths("dinov2")[0]) / "tiny"))
     comfy_nodes.NODE_CLASS_MAPPINGS["ProtagonistTest_TinyModels"] = tiny_loader_node(comfy_sdxl)
@@ -53,7 +70,7 @@ def test_chosen_one_nodes_run_one_round_in_the_executor(comfy_nodes, comfy_sdxl)
     prompt = {
         "1": {"class_type": "ProtagonistTest_TinyModels", "inputs": {}},
         "2": {"class_type": "Protagonist_ProposalSampler", "inputs": {
-            **sampler, "model": ["1", 0], "prompt": "a photo of a blob", "count": 8, "seed": 1}},
+            **sampler, "model": ["1", 0], "prompt": "a photo of a blob", "count": 8, "seed": 1, "scenes": scenes}},
         "3": {"class_type": "Protagonist_DINOv2Embed", "inputs": {"images": ["2", 0], "dinov2": "tiny",
                                                                   "resolution": 0}},
         "4": {"class_type": "Protagonist_KMeansCohesiveCluster", "inputs": {
@@ -62,7 +79,8 @@ def test_chosen_one_nodes_run_one_round_in_the_executor(comfy_nodes, comfy_sdxl)
         "5": {"class_type": "Protagonist_LoraTITrainer", "inputs": {
             "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "images": ["4", 0], "name": "nodehero",
             "init_word": "blob", "templates": "a photo of {}", "steps": 3, "batch_size": 2, "rank": 2, "alpha": 2.0,
-            "lora_lr": 1e-3, "token_lr": 1e-3, "seed": 0, "overwrite": True}},
+            "lora_lr": 1e-3, "token_lr": 1e-3, "seed": 0, "overwrite": True, "scenes": scenes,
+            "indices": ["4", 1]}},
         "6": {"class_type": "Protagonist_ProposalSampler", "inputs": {
             **sampler, "model": ["5", 0], "clip": ["5", 1], "prompt": "a photo of embedding:nodehero", "count": 2,
             "seed": 5}},
@@ -71,6 +89,9 @@ def test_chosen_one_nodes_run_one_round_in_the_executor(comfy_nodes, comfy_sdxl)
     }
     outputs, _ = run_prompt(prompt)
     assert len(outputs["7"]["images"]) == 2 and len(outputs["8"]["images"]) == 1
+    assert proposals[0][0][1] == [f"a photo of a blob {scenes.splitlines()[i % 3]}" for i in range(8)]
+    chosen = clusters[0][2].indices
+    assert trainings[0][1]["scenes"] == [scenes.splitlines()[i % 3] for i in chosen]
     for folder in ("loras", "embeddings"):
         assert (Path(folder_paths.get_folder_paths(folder)[0]) / "nodehero.safetensors").exists()
 
