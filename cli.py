@@ -55,8 +55,8 @@ def load_embedder(source: str, device: str):
 
 
 def read_scenes(path: str) -> list[str]:
-    from .core.chosen_one.training import scene_lines
     from .core.interface import ProtagonistError
+    from .core.proposals import scene_lines
 
     scenes = list(scene_lines(Path(path).read_text()))
     if not scenes:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -82,6 +82,20 @@ def generate_proposals(
             images.append(backend.decode_latents(batch))
     captured = torch.cat(features) if feature_point else None
     return Proposals(torch.cat(latents), torch.cat(images), seeds, captured)
+
+
+def with_scene(prompt: str, scene: str) -> str:
+    return f"{prompt} {scene}" if scene else prompt
+
+
+def scene_lines(text: str) -> tuple[str, ...]:
+    """Scenes written one per line (blank lines ignored)."""
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+
+def scenes_for(scenes: Sequence[str], indices: Iterable[int]) -> list[str]:
+    """Proposal i's scene is scenes[i mod len(scenes)] (no scenes: none)."""
+    return [scenes[i % len(scenes)] if scenes else "" for i in indices]
 
 
 def _per_image(prompt: str | Sequence[str], count: int) -> list[str]:

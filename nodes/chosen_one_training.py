@@ -13,15 +13,9 @@ from ..core.chosen_one.identity_file import export_for_comfyui, save_identity
 from ..core.chosen_one.loop import run_chosen_one
 from ..core.chosen_one.presets import PRESETS
 from ..core.chosen_one.presets import preset as preset_settings
-from ..core.chosen_one.training import (
-    DEFAULT_TEMPLATES,
-    IdentityTraining,
-    new_token,
-    scene_lines,
-    scenes_for,
-    train_identity,
-)
+from ..core.chosen_one.training import DEFAULT_TEMPLATES, IdentityTraining, new_token, train_identity
 from ..core.embedding import embed_images
+from ..core.proposals import scene_lines, scenes_for
 from .chosen_one import cached_dinov2, loss_curve_image
 from .comfy_backend import ComfyBackend
 from .convert import images_to_comfy, images_to_core

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import io
 
-from ..core.chosen_one.training import scene_lines, scenes_for, with_scene
-from ..core.proposals import ProposalSettings, generate_proposals
+from ..core.proposals import ProposalSettings, generate_proposals, scene_lines, scenes_for, with_scene
 from ..core.sampling import SAMPLERS
 from .comfy_backend import ComfyBackend
 from .convert import images_to_comfy

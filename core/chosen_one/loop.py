@@ -20,11 +20,11 @@ from safetensors.torch import load_file
 from ..adapters import lora_applied
 from ..checkpoint import atomic_save_tensors, atomic_write_json
 from ..interface import DiffusionBackend
-from ..proposals import ProposalSettings, generate_proposals
+from ..proposals import ProposalSettings, generate_proposals, scenes_for, with_scene
 from ..training import TrainingDiverged
 from .clustering import check_cluster_settings, mean_pairwise_distance, most_cohesive_cluster
 from .identity_file import load_identity, save_identity
-from .training import IdentityTraining, LearnedIdentity, new_token, scenes_for, train_identity, with_scene
+from .training import IdentityTraining, LearnedIdentity, new_token, train_identity
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +49,6 @@ class ChosenOneSettings:
     # repeat: the cohesive cluster then agrees on the character, not on a background the token would absorb.
     # Empty: the published recipe, one prompt for every proposal.
     scenes: tuple[str, ...] = ()
-
-    def scene_of(self, index: int) -> str:
-        return scenes_for(self.scenes, [index])[0]
 
 
 @dataclass
@@ -94,7 +91,7 @@ def _propose(backend, settings: ChosenOneSettings, identity, index: int, callbac
     proposal = ProposalSettings(**{**asdict(settings.proposals),
                                    "seed": settings.proposals.seed + index * settings.proposals.count})
     prompt = settings.prompt if identity is None else settings.identity_prompt.format(identity.token.name)
-    prompts = [with_scene(prompt, settings.scene_of(i)) for i in range(proposal.count)]
+    prompts = [with_scene(prompt, scene) for scene in scenes_for(settings.scenes, range(proposal.count))]
     tokens = [identity.token] if identity is not None else None
     with _identity_context(backend, identity):
         return generate_proposals(backend, prompts, settings.negative, proposal, tokens=tokens, callback=callback)
@@ -160,7 +157,7 @@ def run_chosen_one(backend: DiffusionBackend, settings: ChosenOneSettings, embed
         choice = most_cohesive_cluster(embeddings, settings.clusters, settings.min_cluster_size, settings.metric,
                                        seed=settings.proposals.seed + index)
         try:
-            scenes = [settings.scene_of(i) for i in choice.indices]
+            scenes = scenes_for(settings.scenes, choice.indices)
             identity = _train(backend, settings, proposals.images[choice.indices], scenes, identity, index,
                               train_callback)
         except TrainingDiverged as error:

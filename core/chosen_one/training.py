@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from ..adapters import ATTENTION_TARGETS, LoraAdapter, frozen, frozen_parameters
 from ..interface import DiffusionBackend, ProtagonistError, TokenEmbedding
+from ..proposals import with_scene
 from ..training import check_noisiest_share, denoising_error, optimisation_step
 
 log = logging.getLogger(__name__)
@@ -133,20 +133,6 @@ def _step_loss(backend, latents, scenes, token, settings: IdentityTraining, size
     prompts = [with_scene(templates[p].format(token.name), scene) for p, scene in zip(picks, scenes)]
     cond = backend.encode_prompts(prompts, tokens=[token], image_size=size)
     return denoising_error(backend, latents, cond, generator, settings.noisiest_share).mean()
-
-
-def with_scene(prompt: str, scene: str) -> str:
-    return f"{prompt} {scene}" if scene else prompt
-
-
-def scene_lines(text: str) -> tuple[str, ...]:
-    """Scenes written one per line (blank lines ignored)."""
-    return tuple(line.strip() for line in text.splitlines() if line.strip())
-
-
-def scenes_for(scenes: Sequence[str], indices: Iterable[int]) -> list[str]:
-    """Proposal i's scene is scenes[i mod len(scenes)] (no scenes: none)."""
-    return [scenes[i % len(scenes)] if scenes else "" for i in indices]
 
 
 def _detached(token: TokenEmbedding) -> TokenEmbedding:

@@ -107,4 +107,4 @@ def test_scenes_vary_the_proposals_and_caption_the_cluster(tiny_sdxl_backend, em
     assert proposal_prompts[1:] == ["a photo of a red blob on a beach", "a photo of a red blob in a forest"] * 3
     chosen = result.rounds[0].chosen
     captions = set(seen[7:-7])  # between round 0's proposals and round 1's (negative + six prompts)
-    assert captions and captions <= {f"a photo of <protagonist> {settings.scene_of(i)}" for i in chosen}
+    assert captions and captions <= {f"a photo of <protagonist> {settings.scenes[i % 2]}" for i in chosen}
