@@ -48,12 +48,16 @@ class ChosenState:
     subject_prompt: str
 
 
+def sprite_scenes() -> dict[str, Context]:
+    """Every scene of the sprite world by its phrase ("in a forest, on the left")."""
+    contexts = [Context(b, p) for b in range(len(ATTRIBUTES["background"])) for p in range(len(ATTRIBUTES["position"]))]
+    return {context_phrase(c): c for c in contexts}
+
+
 def held_out_scenes(character: Character) -> tuple[str, ...]:
-    """Every scene of the sprite world ("in a forest, on the left") except those of the character's prompts,
-    so that no training caption is a prompt the benchmark then draws."""
-    every = [context_phrase(Context(b, p)) for b in range(len(ATTRIBUTES["background"]))
-             for p in range(len(ATTRIBUTES["position"]))]
-    return tuple(scene for scene in every if scene not in character.contexts)
+    """Every sprite scene except those of the character's prompts, so that no training caption is a prompt the
+    benchmark then draws."""
+    return tuple(scene for scene in sprite_scenes() if scene not in character.contexts)
 
 
 def _sprite_settings(preset_name: str, character: Character, seed: int, identity_prompt: str, class_word: str,
@@ -106,17 +110,16 @@ def pure_cluster(subject: str, seed: int, count: int = 16, scenes: tuple[str, ..
     identity = identity_for(subject, seed)
     contexts = random_contexts(count, rng)
     if scenes:
-        every = {context_phrase(Context(b, p)): Context(b, p) for b in range(len(ATTRIBUTES["background"]))
-                 for p in range(len(ATTRIBUTES["position"]))}
-        contexts = [every[scenes[i]] for i in rng.integers(0, len(scenes), count)]
+        contexts = [sprite_scenes()[scenes[i]] for i in rng.integers(0, len(scenes), count)]
     images = render_batch([identity] * count, contexts, rng)
     return images, [context_phrase(c) if scenes else "" for c in contexts]
 
 
 class PureClusterCeiling:
     """A ceiling row: one round of the preset's training on a cluster the loop could at best converge to
-    (16 renders of one identity, in the preset's scenes when it has some, captioned with them), no proposals. Below `named-identity`, it is the training step that
-    limits consistency; above the loop's row, the clusters the loop finds do."""
+    (16 renders of one identity, in the preset's scenes when it has some, captioned with them), no
+    proposals. Below `named-identity`, it is the training step that limits consistency; above the loop's
+    row, the clusters the loop finds do."""
 
     def __init__(self, preset_name: str = "fast", class_word: str = "blob", identity_prompt: str = "a {}",
                  overrides: dict | None = None):
