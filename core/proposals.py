@@ -63,15 +63,17 @@ def generate_proposals(
     prompts = _per_image(prompt, settings.count)
     with torch.no_grad():
         negative_cond = backend.encode_prompts([negative], image_size=size)
+        # one prompt for all: encoded once and broadcast; else each batch encodes its own prompts
+        shared = backend.encode_prompts(prompts[:1], tokens=tokens, image_size=size) if len(set(prompts)) == 1 else None
     seeds = [settings.seed + i for i in range(settings.count)]
     latents, images, features = [], [], []
     for start in range(0, settings.count, settings.batch_size):
         batch_seeds = seeds[start:start + settings.batch_size]
-        batch_prompts = prompts[start:start + settings.batch_size]
-        if len(set(batch_prompts)) == 1:
-            batch_prompts = batch_prompts[:1]  # one encoding, broadcast over the batch
-        with torch.no_grad():
-            positive = backend.encode_prompts(batch_prompts, tokens=tokens, image_size=size)
+        positive = shared
+        if positive is None:
+            with torch.no_grad():
+                positive = backend.encode_prompts(prompts[start:start + settings.batch_size], tokens=tokens,
+                                                  image_size=size)
         noise = seeded_noise(batch_seeds, backend.latent_shape(len(batch_seeds), *size))
         with _capture(backend, feature_point) as store:
             batch = sample(backend, [negative_cond, positive], noise, settings.steps, cfg_guidance(settings.cfg),
@@ -86,6 +88,11 @@ def generate_proposals(
 
 def with_scene(prompt: str, scene: str) -> str:
     return f"{prompt} {scene}" if scene else prompt
+
+
+def scene_prompts(prompt: str, scenes: Sequence[str], count: int) -> list[str]:
+    """The prompts of `count` proposals: proposal i ends with scenes[i mod len(scenes)] (no scenes: `prompt`)."""
+    return [with_scene(prompt, scene) for scene in scenes_for(scenes, range(count))]
 
 
 def scene_lines(text: str) -> tuple[str, ...]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import io
 
-from ..core.proposals import ProposalSettings, generate_proposals, scene_lines, scenes_for, with_scene
+from ..core.proposals import ProposalSettings, generate_proposals, scene_lines, scene_prompts
 from ..core.sampling import SAMPLERS
 from .comfy_backend import ComfyBackend
 from .convert import images_to_comfy
@@ -57,8 +57,7 @@ class ProposalSampler(io.ComfyNode):
                                     height=height, width=width, batch_size=batch_size)
         runs = -(-count // batch_size)
         point = "mid_block" if backend.family == "sdxl" else None  # OneActor's features (SDXL only for now)
-        prompts = [with_scene(prompt, scene) for scene in scenes_for(scene_lines(scenes), range(count))]
-        result = generate_proposals(backend, prompts, negative, settings,
+        result = generate_proposals(backend, scene_prompts(prompt, scene_lines(scenes), count), negative, settings,
                                     callback=SamplingProgress(model, steps, runs), feature_point=point)
         latent = {"samples": model.model.process_latent_out(result.latents.float()).cpu()}
         return io.NodeOutput(images_to_comfy(result.images), latent, result.features)

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from ..adapters import lora_applied
 from ..checkpoint import atomic_save_tensors, atomic_write_json
 from ..interface import DiffusionBackend
-from ..proposals import ProposalSettings, generate_proposals, scenes_for, with_scene
+from ..proposals import ProposalSettings, generate_proposals, scene_prompts, scenes_for
 from ..training import TrainingDiverged
 from .clustering import check_cluster_settings, mean_pairwise_distance, most_cohesive_cluster
 from .identity_file import load_identity, save_identity
@@ -91,7 +91,7 @@ def _propose(backend, settings: ChosenOneSettings, identity, index: int, callbac
     proposal = ProposalSettings(**{**asdict(settings.proposals),
                                    "seed": settings.proposals.seed + index * settings.proposals.count})
     prompt = settings.prompt if identity is None else settings.identity_prompt.format(identity.token.name)
-    prompts = [with_scene(prompt, scene) for scene in scenes_for(settings.scenes, range(proposal.count))]
+    prompts = scene_prompts(prompt, settings.scenes, proposal.count)
     tokens = [identity.token] if identity is not None else None
     with _identity_context(backend, identity):
         return generate_proposals(backend, prompts, settings.negative, proposal, tokens=tokens, callback=callback)
