@@ -72,16 +72,20 @@ class KMeansCohesiveCluster(io.ComfyNode):
                 io.Combo.Input("metric", options=list(METRICS), default="euclidean",
                                tooltip="Distance between embeddings."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, tooltip="Seed of K-MEANS++."),
+                io.Float.Input("expansion", default=1.0, min=1.0, max=4.0, step=0.05, optional=True,
+                               tooltip="Above 1, also take the images of other clusters within this multiple of "
+                                       "the chosen cluster's radius. Useful once the proposals come from a learned "
+                                       "token and mostly show one character; 1 = the cluster alone (paper)."),
             ],
             outputs=[io.Image.Output(display_name="cluster"), io.String.Output(display_name="indices"),
                      io.String.Output(display_name="report"), io.Float.Output(display_name="spread")],
         )
 
     @classmethod
-    def execute(cls, embeddings, images, clusters, min_cluster_size, metric, seed) -> io.NodeOutput:
+    def execute(cls, embeddings, images, clusters, min_cluster_size, metric, seed, expansion=1.0) -> io.NodeOutput:
         if embeddings.shape[0] != images.shape[0]:
             raise ValueError(f"{embeddings.shape[0]} embeddings but {images.shape[0]} images: embed the same batch")
-        choice = most_cohesive_cluster(embeddings, clusters, min_cluster_size, metric, seed)
+        choice = most_cohesive_cluster(embeddings, clusters, min_cluster_size, metric, seed, expansion)
         spread = mean_pairwise_distance(embeddings, metric)
         report = choice.report() + f"\nmean pairwise distance of all {len(embeddings)}: {spread:.4f}"
         return io.NodeOutput(images[choice.indices], json.dumps(choice.indices), report, spread)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -37,11 +37,14 @@ class ClusterChoice:
     sizes: list[int]
     cohesion: list[float]  # mean distance of a cluster's members to its centroid (lower = tighter)
     chosen: int
-    indices: list[int]  # members of the chosen cluster
+    indices: list[int]  # members of the chosen cluster, and the images `expansion` added to it
+    added: list[int] = field(default_factory=list)  # images of other clusters taken in by `expansion`
 
     def report(self) -> str:
         rows = [f"cluster {c}: {self.sizes[c]} images, cohesion {self.cohesion[c]:.4f}"
                 + (" ← chosen" if c == self.chosen else "") for c in range(len(self.sizes))]
+        if self.added:
+            rows.append(f"+ {len(self.added)} images of other clusters within the chosen one's reach")
         return "\n".join(rows)
 
 
@@ -55,8 +58,15 @@ def check_cluster_settings(count: int, clusters: int, min_size: int) -> None:
 
 
 def most_cohesive_cluster(embeddings: torch.Tensor, clusters: int, min_size: int, metric: str = "euclidean",
-                          seed: int = 0) -> ClusterChoice:
-    """K-MEANS++ into `clusters` groups; among groups of at least `min_size`, the tightest one."""
+                          seed: int = 0, expansion: float = 1.0) -> ClusterChoice:
+    """K-MEANS++ into `clusters` groups; among groups of at least `min_size`, the tightest one.
+
+    `expansion` above 1 also takes every image of another cluster lying within that multiple of the chosen
+    cluster's radius (its farthest member's distance to its centroid): once most proposals show one character,
+    K-MEANS splits it over several clusters, and the training set need not be only one of those parts.
+    """
+    if expansion < 1:
+        raise ProtagonistError(f"`expansion` must be at least 1 (1 = the cluster alone), got {expansion}")
     from sklearn.cluster import KMeans
 
     check_cluster_settings(embeddings.shape[0], clusters, min_size)
@@ -75,4 +85,13 @@ def most_cohesive_cluster(embeddings: torch.Tensor, clusters: int, min_size: int
             f"no cluster reached the minimum size {min_size}: the sizes were {sorted(sizes, reverse=True)}. "
             f"Lower `min_cluster_size`, use fewer clusters, or generate more images")
     chosen = min(eligible, key=lambda c: cohesion[c])
-    return ClusterChoice(labels, sizes, cohesion, chosen, [i for i, c in enumerate(labels) if c == chosen])
+    members = [i for i, c in enumerate(labels) if c == chosen]
+    added = _within_reach(x, members, kmeans.cluster_centers_[chosen], expansion) if expansion > 1 else []
+    return ClusterChoice(labels, sizes, cohesion, chosen, sorted(members + added), added)
+
+
+def _within_reach(x: np.ndarray, members: list[int], centre: np.ndarray, expansion: float) -> list[int]:
+    distances = np.linalg.norm(x - centre, axis=1)
+    reach = expansion * distances[members].max()
+    member_set = set(members)
+    return [i for i in range(len(x)) if i not in member_set and distances[i] <= reach]

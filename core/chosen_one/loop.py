@@ -40,6 +40,9 @@ class ChosenOneSettings:
     clusters: int = 6
     min_cluster_size: int = 11
     metric: str = "euclidean"
+    # Above 1, the chosen cluster also takes in the images of other clusters within this multiple of its radius,
+    # from round 1 on: proposals of a learned identity mostly show one character, which K-MEANS splits.
+    cluster_expansion: float = 1.0
     training: IdentityTraining = field(default_factory=IdentityTraining)
     max_rounds: int = 5
     convergence_ratio: float = 0.7  # stop when the spread falls below this share of round 0's
@@ -114,7 +117,8 @@ def _save_round(directory: Path, proposals, embeddings, choice, identity, spread
     atomic_save_tensors({"images": proposals.images, "embeddings": embeddings,
                          "seeds": torch.tensor(proposals.seeds)}, directory / "proposals.safetensors")
     atomic_write_json({"sizes": choice.sizes, "cohesion": choice.cohesion, "chosen": choice.chosen,
-                       "indices": choice.indices, "labels": choice.labels}, directory / "cluster.json")
+                       "indices": choice.indices, "added": choice.added, "labels": choice.labels},
+                      directory / "cluster.json")
     save_identity(identity, directory / "identity.safetensors", family, init_word)
     result = RoundResult(int(directory.name[-2:]), spread, choice.indices, choice.sizes, identity.losses[-1])
     atomic_write_json(asdict(result), directory / "round.json")
@@ -155,7 +159,8 @@ def run_chosen_one(backend: DiffusionBackend, settings: ChosenOneSettings, embed
         if index == settings.max_rounds:
             break
         choice = most_cohesive_cluster(embeddings, settings.clusters, settings.min_cluster_size, settings.metric,
-                                       seed=settings.proposals.seed + index)
+                                       seed=settings.proposals.seed + index,
+                                       expansion=settings.cluster_expansion if identity is not None else 1.0)
         try:
             scenes = scenes_for(settings.scenes, choice.indices)
             identity = _train(backend, settings, proposals.images[choice.indices], scenes, identity, index,

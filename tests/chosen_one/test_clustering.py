@@ -66,3 +66,22 @@ def test_no_cluster_reaching_the_minimum_lists_the_sizes(monkeypatch):
 def test_unknown_metric_is_rejected():
     with pytest.raises(ProtagonistError, match="metric"):
         most_cohesive_cluster(torch.randn(10, 4), clusters=2, min_size=2, metric="manhattan")
+
+
+def test_expansion_takes_in_the_neighbouring_part_of_a_split_character_and_nothing_far():
+    g = torch.Generator().manual_seed(0)
+    near, beside, far, farther = (torch.zeros(8) for _ in range(4))
+    beside[0], far[1], farther[2] = 3.0, 20.0, 20.0
+    x = torch.cat([centre + spread * torch.randn(size, 8, generator=g)
+                   for centre, spread, size in ((near, 0.5, 8), (beside, 0.5, 8), (far, 0.3, 5), (farther, 0.3, 5))])
+    alone = most_cohesive_cluster(x, clusters=4, min_size=6)
+    assert len(alone.indices) == 8 and alone.added == []
+    grown = most_cohesive_cluster(x, clusters=4, min_size=6, expansion=3.0)
+    assert grown.indices == list(range(16))
+    assert sorted(grown.added) == sorted(set(range(16)) - set(alone.indices))
+    assert "+ 8 images" in grown.report()
+
+
+def test_expansion_below_one_is_rejected():
+    with pytest.raises(ProtagonistError, match="expansion"):
+        most_cohesive_cluster(torch.randn(10, 4), clusters=2, min_size=2, expansion=0.5)

@@ -108,3 +108,17 @@ def test_scenes_vary_the_proposals_and_caption_the_cluster(tiny_sdxl_backend, em
     chosen = result.rounds[0].chosen
     captions = set(seen[7:-7])  # between round 0's proposals and round 1's (negative + six prompts)
     assert captions and captions <= {f"a photo of <protagonist> {settings.scenes[i % 2]}" for i in chosen}
+
+
+def test_cluster_expansion_applies_once_an_identity_draws_the_proposals(tiny_sdxl_backend, embed, tmp_path,
+                                                                       monkeypatch):
+    from protagonist.core.chosen_one import loop
+
+    expansions: list[float] = []
+    choose = loop.most_cohesive_cluster
+    monkeypatch.setattr(loop, "most_cohesive_cluster",
+                        lambda *a, **k: expansions.append(k["expansion"]) or choose(*a, **k))
+    run_chosen_one(tiny_sdxl_backend, _settings(cluster_expansion=1.5), embed, tmp_path)
+    assert expansions == [1.0, 1.5]  # round 0's proposals show many characters: no single one to grow
+    cluster = json.loads((tmp_path / "round_01" / "cluster.json").read_text())
+    assert set(cluster["added"]) <= set(cluster["indices"])
