@@ -13,6 +13,7 @@ from protagonist.core.embedding import embed_images
 from protagonist.core.interface import ProtagonistError
 from protagonist.core.proposals import ProposalSettings
 from protagonist.core.tiny_models import tiny_dinov2
+from safetensors.torch import load_file
 
 
 class Interrupt(Exception):
@@ -77,6 +78,8 @@ def test_bad_settings_fail_before_any_work(tiny_sdxl_backend, embed, tmp_path):
         run_chosen_one(tiny_sdxl_backend, _settings(min_cluster_size=6), embed, tmp_path)
     with pytest.raises(ProtagonistError, match="not one"):
         run_chosen_one(tiny_sdxl_backend, _settings(init_word="red blob"), embed, tmp_path)
+    with pytest.raises(ProtagonistError, match="at least 10 images"):
+        run_chosen_one(tiny_sdxl_backend, _settings(first_round_count=8, first_round_clusters=5), embed, tmp_path)
     assert not any(tmp_path.iterdir())
 
 
@@ -122,3 +125,11 @@ def test_cluster_expansion_applies_once_an_identity_draws_the_proposals(tiny_sdx
     assert expansions == [1.0, 1.5]  # round 0's proposals show many characters: no single one to grow
     cluster = json.loads((tmp_path / "round_01" / "cluster.json").read_text())
     assert set(cluster["added"]) <= set(cluster["indices"])
+
+
+def test_a_larger_first_round_draws_its_own_seeds_and_clusters(tiny_sdxl_backend, embed, tmp_path):
+    run_chosen_one(tiny_sdxl_backend, _settings(first_round_count=9, first_round_clusters=3), embed, tmp_path)
+    rounds = [tmp_path / f"round_{index:02d}" for index in (0, 1)]
+    seeds = [load_file(str(r / "proposals.safetensors"))["seeds"].tolist() for r in rounds]
+    assert seeds == [list(range(3, 12)), list(range(12, 18))]
+    assert [len(json.loads((r / "cluster.json").read_text())["sizes"]) for r in rounds] == [3, 2]
