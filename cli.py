@@ -88,8 +88,9 @@ def run_chosen_one(args) -> int:
                        overwrite=True)
     last = len(result.rounds) - 1
     save_png(contact_sheet(load_round_images(out / "run", last), scale=args.sheet_scale), out / "last_round.png")
-    logging.info("%s after %d rounds; prompt with %r", "converged" if result.converged else "stopped",
-                 len(result.rounds), settings.identity_prompt.format(settings.token_name))
+    logging.info("%s after %d rounds, keeping round %d's identity; prompt with %r",
+                 "converged" if result.converged else "stopped", len(result.rounds), result.kept_round,
+                 settings.identity_prompt.format(settings.token_name))
     return 0
 
 

@@ -56,6 +56,9 @@ class ChosenOneSettings:
     # repeat: the cohesive cluster then agrees on the character, not on a background the token would absorb.
     # Empty: the published recipe, one prompt for every proposal.
     scenes: tuple[str, ...] = ()
+    # Return the round whose identity drew the least spread proposals (the loop's own convergence measure)
+    # rather than the last: training on its own proposals can make an identity worse again. Off: the paper's.
+    keep_tightest: bool = False
 
 
 @dataclass
@@ -72,6 +75,7 @@ class ChosenOneResult:
     identity: LearnedIdentity | None
     rounds: list[RoundResult]
     converged: bool
+    kept_round: int | None = None  # whose identity this is
 
 
 Embedder = Callable[[torch.Tensor], torch.Tensor]
@@ -174,8 +178,7 @@ def run_chosen_one(backend: DiffusionBackend, settings: ChosenOneSettings, embed
         if callback is not None:
             callback(index, "proposals", proposals.images)
         if rounds and spread < _threshold(settings, rounds[0].spread):
-            _write_summary(run_dir, rounds, spread, converged=True)
-            return ChosenOneResult(identity, rounds, True)
+            return _finish(run_dir, settings, rounds, identity, spread, converged=True)
         if index == settings.max_rounds:
             break
         choice = most_cohesive_cluster(embeddings, round_shape(settings, index)[1], settings.min_cluster_size,
@@ -191,13 +194,27 @@ def run_chosen_one(backend: DiffusionBackend, settings: ChosenOneSettings, embed
             break
         rounds.append(_save_round(_round_dir(run_dir, index), proposals, embeddings, choice, identity, spread,
                                   backend.family, settings.init_word))
-    _write_summary(run_dir, rounds, spread, converged=False)
-    return ChosenOneResult(identity, rounds, False)
+    return _finish(run_dir, settings, rounds, identity, spread, converged=False)
 
 
-def _write_summary(run_dir: Path, rounds: list[RoundResult], final_spread: float | None, converged: bool) -> None:
+def tightest_round(rounds: list[RoundResult], final_spread: float) -> int:
+    """The round whose identity drew the least spread proposals: round k's identity drew round k+1's, and the
+    last round's drew the final ones."""
+    drawn = [r.spread for r in rounds[1:]] + [final_spread]
+    return min(range(len(rounds)), key=lambda k: drawn[k])
+
+
+def _finish(run_dir: Path, settings: ChosenOneSettings, rounds: list[RoundResult], identity, final_spread,
+            converged: bool) -> ChosenOneResult:
+    kept = len(rounds) - 1 if rounds else None
+    if settings.keep_tightest and rounds and final_spread is not None:
+        kept = tightest_round(rounds, final_spread)
+        if kept != len(rounds) - 1:
+            log.info("keeping round %d's identity: its proposals spread least", kept)
+            identity = load_identity(_round_dir(run_dir, kept) / "identity.safetensors")
     atomic_write_json({"rounds": [asdict(r) for r in rounds], "final_spread": final_spread,
-                       "converged": converged}, run_dir / "summary.json")
+                       "converged": converged, "kept_round": kept}, run_dir / "summary.json")
+    return ChosenOneResult(identity, rounds, converged, kept)
 
 
 def load_round_images(run_dir: str | Path, index: int) -> torch.Tensor:

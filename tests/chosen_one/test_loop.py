@@ -133,3 +133,25 @@ def test_a_larger_first_round_draws_its_own_seeds_and_clusters(tiny_sdxl_backend
     seeds = [load_file(str(r / "proposals.safetensors"))["seeds"].tolist() for r in rounds]
     assert seeds == [list(range(3, 12)), list(range(12, 18))]
     assert [len(json.loads((r / "cluster.json").read_text())["sizes"]) for r in rounds] == [3, 2]
+
+
+@pytest.mark.parametrize("keep_tightest, kept", [(True, 0), (False, 1)])
+def test_the_identity_whose_proposals_spread_least_is_kept(tiny_sdxl_backend, embed, tmp_path, monkeypatch,
+                                                          keep_tightest, kept):
+    from protagonist.core.chosen_one import loop
+
+    spreads = iter([10.0, 3.0, 8.0])  # round 0's proposals, then those drawn by round 0's and round 1's identity
+    monkeypatch.setattr(loop, "mean_pairwise_distance", lambda *a: next(spreads))
+    result = run_chosen_one(tiny_sdxl_backend, _settings(keep_tightest=keep_tightest), embed, tmp_path)
+    assert result.kept_round == kept and len(result.rounds) == 2
+    assert json.loads((tmp_path / "summary.json").read_text())["kept_round"] == kept
+    stored = load_identity(tmp_path / f"round_{kept:02d}" / "identity.safetensors")
+    assert all(torch.equal(result.identity.lora[k], stored.lora[k]) for k in stored.lora)
+
+
+def test_tightest_round_reads_each_identity_by_the_proposals_it_drew():
+    from protagonist.core.chosen_one.loop import RoundResult, tightest_round
+
+    rounds = [RoundResult(i, spread, [], [], None) for i, spread in enumerate([10.0, 4.0, 6.0])]
+    assert tightest_round(rounds, final_spread=5.0) == 0
+    assert tightest_round(rounds, final_spread=3.0) == 2
