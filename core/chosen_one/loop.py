@@ -105,6 +105,14 @@ def proposal_batches(settings: ChosenOneSettings) -> int:
     return sum(-(-round_shape(settings, i)[0] // batch) for i in range(settings.max_rounds + 1))
 
 
+def worst_case_evaluations(settings: ChosenOneSettings, cfg_passes: int = 2) -> int:
+    """Denoiser evaluations of a loop that runs to its round limit: every round's proposals (conditional and
+    unconditional pass each step) and every training step's batch."""
+    proposals = sum(round_shape(settings, i)[0] for i in range(settings.max_rounds + 1))
+    training = settings.max_rounds * settings.training.steps * settings.training.batch_size
+    return proposals * settings.proposals.steps * cfg_passes + training
+
+
 def _identity_context(backend: DiffusionBackend, identity: LearnedIdentity | None):
     if identity is None:
         return contextlib.nullcontext()

@@ -20,7 +20,9 @@ def preset(name: str, prompt: str, init_word: str, identity_prompt: str = "a pho
 
     `fast`: 32 proposals of 20 steps, K=3 clusters of at least 6, 150 training steps at batch 4
     continuing the previous round's identity (warm start), at most 3 rounds, noise levels drawn from
-    the noisiest half of the schedule only (where a character's identity is decided).
+    the noisiest half of the schedule only (where a character's identity is decided). From round 1 the
+    chosen cluster also takes in the images within 1.5× its radius, and the loop returns the round whose
+    identity drew the least spread proposals, not the last.
     """
     height, width = size
     if name == "paper":
@@ -37,7 +39,7 @@ def preset(name: str, prompt: str, init_word: str, identity_prompt: str = "a pho
                                        batch_size=32),
             clusters=3, min_cluster_size=6,
             training=IdentityTraining(steps=150, batch_size=4, seed=seed, noisiest_share=0.5),
-            max_rounds=3, convergence_ratio=0.7, warm_start=True)
+            max_rounds=3, convergence_ratio=0.7, warm_start=True, cluster_expansion=1.5, keep_tightest=True)
     else:
         raise ProtagonistError(f"unknown preset {name!r}; choose one of {PRESETS}")
     return replace(settings, **overrides)

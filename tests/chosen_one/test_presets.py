@@ -1,0 +1,27 @@
+"""The presets: `fast` costs at most a quarter of `paper` even when both run to their round limits."""
+
+from __future__ import annotations
+
+import pytest
+from protagonist.core.chosen_one.loop import worst_case_evaluations
+from protagonist.core.chosen_one.presets import preset
+from protagonist.core.interface import ProtagonistError
+
+
+def test_worst_case_evaluations_counts_proposals_and_training():
+    paper = preset("paper", "a blob", "blob")
+    assert worst_case_evaluations(paper) == 6 * 128 * 35 * 2 + 5 * 500 * 1
+    larger_first = preset("fast", "a blob", "blob", first_round_count=96)
+    assert worst_case_evaluations(larger_first) - worst_case_evaluations(preset("fast", "a blob", "blob")) == 64 * 20 * 2
+
+
+def test_fast_costs_at_most_a_quarter_of_paper():
+    paper, fast = preset("paper", "a blob", "blob"), preset("fast", "a blob", "blob")
+    assert worst_case_evaluations(fast) * 4 <= worst_case_evaluations(paper)
+    assert fast.keep_tightest and fast.cluster_expansion > 1
+    assert not paper.keep_tightest and paper.cluster_expansion == 1  # the published recipe
+
+
+def test_unknown_preset_names_the_choices():
+    with pytest.raises(ProtagonistError, match="paper"):
+        preset("quick", "a blob", "blob")
