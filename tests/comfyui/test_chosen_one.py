@@ -75,7 +75,7 @@ def test_chosen_one_nodes_run_one_round_in_the_executor(comfy_nodes, comfy_sdxl,
                                                                   "resolution": 0}},
         "4": {"class_type": "Protagonist_KMeansCohesiveCluster", "inputs": {
             "embeddings": ["3", 0], "images": ["2", 0], "clusters": 2, "min_cluster_size": 2, "metric": "cosine",
-            "seed": 0}},
+            "seed": 0, "expansion": 1.5}},
         "5": {"class_type": "Protagonist_LoraTITrainer", "inputs": {
             "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "images": ["4", 0], "name": "nodehero",
             "init_word": "blob", "templates": "a photo of {}", "steps": 3, "batch_size": 2, "rank": 2, "alpha": 2.0,
@@ -91,6 +91,7 @@ def test_chosen_one_nodes_run_one_round_in_the_executor(comfy_nodes, comfy_sdxl,
     assert len(outputs["7"]["images"]) == 2 and len(outputs["8"]["images"]) == 1
     assert proposals[0][0][1] == [f"a photo of a blob {scenes.splitlines()[i % 3]}" for i in range(8)]
     chosen = clusters[0][2].indices
+    assert clusters[0][0][5] == 1.5  # the optional expansion reaches the core
     assert trainings[0][1]["scenes"] == [scenes.splitlines()[i % 3] for i in chosen]
     for folder in ("loras", "embeddings"):
         assert (Path(folder_paths.get_folder_paths(folder)[0]) / "nodehero.safetensors").exists()
