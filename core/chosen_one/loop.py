@@ -43,10 +43,6 @@ class ChosenOneSettings:
     # Above 1, the chosen cluster also takes in the images of other clusters within this multiple of its radius,
     # from round 1 on: proposals of a learned identity mostly show one character, which K-MEANS splits.
     cluster_expansion: float = 1.0
-    # Round 0 samples the base model, where any one character is rare: more proposals cut into more, smaller
-    # clusters find a purer group than later rounds need. 0: round 0 is shaped like every other round.
-    first_round_count: int = 0
-    first_round_clusters: int = 0
     training: IdentityTraining = field(default_factory=IdentityTraining)
     max_rounds: int = 5
     convergence_ratio: float = 0.7  # stop when the spread falls below this share of round 0's
@@ -92,23 +88,10 @@ def _completed_rounds(run_dir: Path) -> list[RoundResult]:
     return rounds
 
 
-def round_shape(settings: ChosenOneSettings, index: int) -> tuple[int, int]:
-    """How many proposals round `index` draws, and into how many clusters they are cut."""
-    if index == 0 and settings.first_round_count:
-        return settings.first_round_count, settings.first_round_clusters or settings.clusters
-    return settings.proposals.count, settings.clusters
-
-
-def proposal_batches(settings: ChosenOneSettings) -> int:
-    """Sampling runs of a loop that goes to its round limit (for progress bars)."""
-    batch = settings.proposals.batch_size
-    return sum(-(-round_shape(settings, i)[0] // batch) for i in range(settings.max_rounds + 1))
-
-
 def worst_case_evaluations(settings: ChosenOneSettings, cfg_passes: int = 2) -> int:
     """Denoiser evaluations of a loop that runs to its round limit: every round's proposals (conditional and
     unconditional pass each step) and every training step's batch."""
-    proposals = sum(round_shape(settings, i)[0] for i in range(settings.max_rounds + 1))
+    proposals = (settings.max_rounds + 1) * settings.proposals.count
     training = settings.max_rounds * settings.training.steps * settings.training.batch_size
     return proposals * settings.proposals.steps * cfg_passes + training
 
@@ -120,10 +103,8 @@ def _identity_context(backend: DiffusionBackend, identity: LearnedIdentity | Non
 
 
 def _propose(backend, settings: ChosenOneSettings, identity, index: int, callback):
-    count = round_shape(settings, index)[0]
-    earlier = sum(round_shape(settings, i)[0] for i in range(index))  # no seed drawn twice across rounds
-    proposal = ProposalSettings(**{**asdict(settings.proposals), "count": count,
-                                   "seed": settings.proposals.seed + earlier})
+    proposal = ProposalSettings(**{**asdict(settings.proposals),
+                                   "seed": settings.proposals.seed + index * settings.proposals.count})
     prompt = settings.prompt if identity is None else settings.identity_prompt.format(identity.token.name)
     prompts = scene_prompts(prompt, settings.scenes, proposal.count)
     tokens = [identity.token] if identity is not None else None
@@ -170,8 +151,7 @@ def run_chosen_one(backend: DiffusionBackend, settings: ChosenOneSettings, embed
     every sampling step and `train_callback(step, loss)` after every training step (any may raise to
     interrupt: completed rounds stay on disk).
     """
-    for index in (0, 1):
-        check_cluster_settings(*round_shape(settings, index), settings.min_cluster_size)
+    check_cluster_settings(settings.proposals.count, settings.clusters, settings.min_cluster_size)
     new_token(backend, settings.token_name, settings.init_word)  # fail early on a bad initialiser
     run_dir = Path(run_dir)
     rounds = _completed_rounds(run_dir)
@@ -189,8 +169,7 @@ def run_chosen_one(backend: DiffusionBackend, settings: ChosenOneSettings, embed
             return _finish(run_dir, settings, rounds, identity, spread, converged=True)
         if index == settings.max_rounds:
             break
-        choice = most_cohesive_cluster(embeddings, round_shape(settings, index)[1], settings.min_cluster_size,
-                                       settings.metric,
+        choice = most_cohesive_cluster(embeddings, settings.clusters, settings.min_cluster_size, settings.metric,
                                        seed=settings.proposals.seed + index,
                                        expansion=settings.cluster_expansion if identity is not None else 1.0)
         try:

@@ -11,8 +11,8 @@ from protagonist.core.interface import ProtagonistError
 def test_worst_case_evaluations_counts_proposals_and_training():
     paper = preset("paper", "a blob", "blob")
     assert worst_case_evaluations(paper) == 6 * 128 * 35 * 2 + 5 * 500 * 1
-    larger_first = preset("fast", "a blob", "blob", first_round_count=96)
-    assert worst_case_evaluations(larger_first) - worst_case_evaluations(preset("fast", "a blob", "blob")) == 64 * 20 * 2
+    fast = preset("fast", "a blob", "blob")
+    assert worst_case_evaluations(fast) == 4 * 32 * 20 * 2 + 3 * 150 * 4
 
 
 def test_fast_costs_at_most_a_quarter_of_paper():
