@@ -22,7 +22,7 @@ import torch
 from ..core.backends.loading import backend_from_components, pipeline_class
 from ..core.checkpoint import atomic_folder, atomic_write_json, load_checkpoint, save_checkpoint
 from ..core.training import denoising_error
-from .attributes import Context, Identity
+from .attributes import CLASS_WORD, Context, Identity
 from .captions import MAX_MENTIONED, MENTION_PROBABILITY, random_caption, random_grid_caption
 from .models import FLUX_DIR, FLUX_FLOW_SHIFT, SDXL_DIR, build_flux, build_sdxl, load_for_finetuning
 from .world import render_grid_with_mask, render_with_mask, split_grid, tile_grid
@@ -153,19 +153,47 @@ def standardise_latents(vae, scale: float, shift: float, seed: int) -> dict:
 
 
 def denoiser_loss(backend, images, captions, generator, drop_rate: float = 0.1,
-                  pixel_weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean denoising error; `pixel_weights` [B, 1, H, W] weight it where they fall in latent space."""
+                  pixel_weights: torch.Tensor | None = None, hide_rate: float = 0.0) -> torch.Tensor:
+    """Mean denoising error; `pixel_weights` [B, 1, H, W] weight it where they fall in latent space;
+    `hide_rate`: see :func:`hide_modifiers`."""
     keep = torch.rand(len(captions), generator=generator) >= drop_rate
     prompts = [c if k else "" for c, k in zip(captions, keep.tolist())]
     size = tuple(images.shape[-2:])
     with torch.no_grad():
         latents = backend.encode_images(images)
     cond = backend.encode_prompts(prompts, image_size=size)
+    if hide_rate > 0:
+        cond = hide_modifiers(backend, cond, prompts, hide_rate, generator)
     error = denoising_error(backend, latents, cond, generator)
     if pixel_weights is None:
         return error.mean()
     weights = torch.nn.functional.adaptive_avg_pool2d(pixel_weights, latents.shape[-2:])
     return (error * weights).sum() / (weights.sum() * error.shape[1])
+
+
+def modifier_positions(tokenizer, prompt: str) -> range:
+    """Token positions of the words between "a" and the class word ("a one eyed red blob …" → "one eyed red")."""
+    ids = tokenizer(prompt)["input_ids"]
+    class_id = tokenizer.convert_tokens_to_ids(CLASS_WORD + "</w>")
+    if not prompt.startswith("a ") or class_id not in ids:
+        return range(0)
+    return range(2, ids.index(class_id))
+
+
+def hide_modifiers(backend, cond, prompts: list[str], rate: float, generator: torch.Generator):
+    """With probability `rate` per caption, the denoiser sees its identity adjectives' encoder states replaced by
+    the start token's (a constant). What the adjectives said then reaches it only through the states of the
+    words after them (the class word first), as CLIP's nouns carry their modifiers in real SDXL; the word
+    offsets of OneActor act on exactly that state."""
+    if backend.family != "sdxl":
+        raise ValueError("hiding modifiers needs one tokenization for every encoder (SDXL); FLUX's T5 differs")
+    tokenizer = next(iter(backend.tokenizers.values()))
+    hidden = torch.zeros(cond.embeds.shape[:2], dtype=torch.bool)
+    for b, prompt in enumerate(prompts):
+        if torch.rand((), generator=generator) < rate:
+            hidden[b, list(modifier_positions(tokenizer, prompt))] = True
+    mask = hidden.to(cond.embeds.device)[..., None]
+    return cond.replace(embeds=torch.where(mask, cond.embeds[:, :1], cond.embeds))
 
 
 def sprite_weights(masks: torch.Tensor, sprite_weight: float) -> torch.Tensor | None:
@@ -182,7 +210,7 @@ def exponential_average(modules: dict, decay: float):
 
 def train_denoiser(backend, steps: int, batch: int, run_dir: Path, seed: int, grid_every: int = 0,
                    lr: float = 4e-4, ema_decay: float = 0.0,
-                   sprite_weight: float = 1.0) -> tuple[list[float], float]:
+                   sprite_weight: float = 1.0, hide_rate: float = 0.0) -> tuple[list[float], float]:
     """Denoiser + text encoders; every `grid_every`-th step is a batch of 2×2 grids (0 = never).
 
     With `ema_decay` > 0 the modules end with the exponential moving average of their weights;
@@ -204,7 +232,7 @@ def train_denoiser(backend, steps: int, batch: int, run_dir: Path, seed: int, gr
         for group in optimizer.param_groups:
             group["lr"] = lr * min(1.0, (step + 1) / 200) * (0.1 + 0.9 * (1 - step / steps))
         loss = denoiser_loss(backend, images, captions, torch.Generator().manual_seed(seed + step),
-                             pixel_weights=sprite_weights(masks, sprite_weight))
+                             pixel_weights=sprite_weights(masks, sprite_weight), hide_rate=hide_rate)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -269,6 +297,8 @@ def _stage_title(args) -> str:
     parts = ["the VAE taught to code 2×2 grids as their four panels"] if args.vae_grid_steps else []
     if args.sprite_weight != 1.0:
         parts.append(f"the characters' pixels weighted {args.sprite_weight:g}×")
+    if args.hide_modifiers:
+        parts.append("the class word carries its adjectives")
     return "; ".join(parts or ["more training"])
 
 
@@ -281,7 +311,9 @@ def write_finetune_card(folder: Path, previous_card: str, args, losses, seconds:
         "them), sometimes as adjectives before the class word (\"a one eyed hatted red blob\").",
         f"* {args.steps} steps × {args.batch}, learning rate {args.lr}, EMA decay {args.ema} (the EMA weights are saved)"
         + (f", one batch of grids every {args.grid_every} steps" if args.grid_every else "")
-        + (f", loss weight {args.sprite_weight} on the characters' pixels" if args.sprite_weight != 1.0 else ""),
+        + (f", loss weight {args.sprite_weight} on the characters' pixels" if args.sprite_weight != 1.0 else "")
+        + (f", the adjectives before the class word hidden from the denoiser in {args.hide_modifiers:.0%} of "
+           "captions (`hide_modifiers`)" if args.hide_modifiers else ""),
         *([f"* flow shift {FLUX_FLOW_SHIFT} for training noise levels and sampling (ComfyUI's FLUX default)"]
           if args.family == "flux" else []),
         *([f"* first the VAE: {args.vae_grid_steps} steps teaching it to code 2×2 grids as their four panels "
@@ -290,7 +322,8 @@ def write_finetune_card(folder: Path, previous_card: str, args, losses, seconds:
         f"* weights: {size / 1e6:.1f} MB (float16 safetensors)",
         "", f"Reproduce (after the stages above): `python -m protagonist.sprites.train_models {args.family} --finetune-from "
             f"<previous stage folder> --steps {args.steps} --lr {args.lr} --ema {args.ema} --grid-every {args.grid_every} "
-            f"--sprite-weight {args.sprite_weight} --vae-grid-steps {args.vae_grid_steps} --seed {args.seed}`",
+            f"--sprite-weight {args.sprite_weight} --vae-grid-steps {args.vae_grid_steps} "
+            f"--hide-modifiers {args.hide_modifiers} --seed {args.seed}`",
     ]
     (folder / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
 
@@ -307,7 +340,7 @@ def finetune(args, run_dir: Path, folder: Path) -> int:
     backend = backend_from_components(args.family, parts)
     losses, seconds = train_denoiser(backend, args.steps, args.batch, run_dir / "finetune", args.seed,
                                      args.grid_every, lr=args.lr, ema_decay=args.ema,
-                                     sprite_weight=args.sprite_weight)
+                                     sprite_weight=args.sprite_weight, hide_rate=args.hide_modifiers)
     size = save_pipeline(args.family, parts, folder)
     write_finetune_card(folder, previous_card, args, losses, seconds, size, vae_seconds)
     atomic_write_json({"losses": losses, "seconds": seconds}, run_dir / "finetune-curves.json")
@@ -329,6 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=4e-4)
     parser.add_argument("--sprite-weight", type=float, default=1.0,
                         help="loss weight of the characters' pixels relative to the background's (1 = plain loss)")
+    parser.add_argument("--hide-modifiers", type=float, default=0.0,
+                        help="share of captions whose words before the class word the denoiser cannot see "
+                             "(their meaning then reaches it through the class word's state only)")
     parser.add_argument("--ema", type=float, default=0.0, help="EMA decay of the saved weights (0 = no EMA)")
     parser.add_argument("--vae-grid-steps", type=int, default=0,
                         help="with --finetune-from: first teach the VAE to code 2×2 grids as their four panels")
@@ -352,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     stats = standardise_latents(parts["vae"], config.scaling_factor, config.shift_factor or 0.0, args.seed)
     losses, seconds["denoiser"] = train_denoiser(backend, args.steps, args.batch, run_dir / "denoiser", args.seed,
                                                  args.grid_every, lr=args.lr, ema_decay=args.ema,
-                                                 sprite_weight=args.sprite_weight)
+                                                 sprite_weight=args.sprite_weight, hide_rate=args.hide_modifiers)
     size = save_pipeline(args.family, parts, folder)
     write_card(folder, args.family, args, vae_losses, losses, stats, seconds, size)
     atomic_write_json({"vae_losses": vae_losses, "losses": losses, "seconds": seconds}, run_dir / "curves.json")

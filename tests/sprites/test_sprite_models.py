@@ -130,3 +130,22 @@ def test_flux_sprite_model_trains_and_samples_at_comfyuis_flux_shift():
     assert FLUX_FLOW_SHIFT == pytest.approx(math.exp(1.15), rel=1e-4)
     median_training_sigma = backend.schedule.training_sigmas(4000, torch.Generator().manual_seed(0)).median()
     assert median_training_sigma > 0.7  # most training noise is heavy, where identity is decided
+
+
+def test_hidden_modifiers_become_the_start_token_state_and_only_before_the_class_word():
+    from protagonist.sprites.train_models import hide_modifiers, modifier_positions
+
+    backend = load_sprite_model("sdxl")
+    tokenizer = backend.tokenizers["clip_l"]
+    prompts = ["a one eyed hatted red blob in a forest, on the left", "a blob with a hat on a beach", ""]
+    adjectives = modifier_positions(tokenizer, prompts[0])
+    assert tokenizer.convert_ids_to_tokens(tokenizer(prompts[0])["input_ids"])[adjectives.stop] == "blob</w>"
+    assert [len(modifier_positions(tokenizer, p)) for p in prompts] == [len(adjectives), 0, 0]
+    cond = backend.encode_prompts(prompts)
+    hidden = hide_modifiers(backend, cond, prompts, 1.0, torch.Generator().manual_seed(0)).embeds
+    changed = (hidden != cond.embeds).any(-1)
+    assert changed[0].nonzero().flatten().tolist() == list(adjectives)
+    assert not changed[1:].any()
+    assert torch.equal(hidden[0, adjectives.start], cond.embeds[0, 0])
+    kept = hide_modifiers(backend, cond, prompts, 0.0, torch.Generator().manual_seed(0)).embeds
+    assert torch.equal(kept, cond.embeds)
