@@ -7,8 +7,9 @@ from dataclasses import dataclass, field, replace
 from ...core.oneactor.guidance import ClusterGuidance, draw_identity
 from ...core.oneactor.identity import OneActorIdentity, make_identity
 from ...core.oneactor.tuning import OneActorTuning, ProposalSet, tune_projector
-from ...core.proposals import ProposalSettings, generate_proposals
+from ...core.proposals import ProposalSettings, generate_proposals, scene_prompts, scenes_for
 from ..overrides import apply_overrides
+from .chosen_one import held_out_scenes
 
 
 @dataclass
@@ -26,6 +27,9 @@ class OneActorRecipe:
     # held the target better than 4 in the same measurement; η1 = 8 over-saturates it.
     guidance: ClusterGuidance = field(default_factory=lambda: ClusterGuidance(eta_target=6.0, eta_aux=1.0, cfg=3.0))
     target: int = 0
+    # "held-out": proposal i is prompted with the i-th sprite scene the character's benchmark prompts do not
+    # use, and its tuning captions end with that scene (as the Chosen One's `scenes`); () for none.
+    scenes: str | tuple[str, ...] = ()
 
 
 class OneActorMethod:
@@ -39,8 +43,11 @@ class OneActorMethod:
         size = (32, 32)
         settings = ProposalSettings(count=r.proposals, seed=seed, steps=r.proposal_steps, cfg=r.proposal_cfg,
                                     height=size[0], width=size[1], batch_size=r.proposals)
-        proposals = generate_proposals(backend, character.subject, "", settings, feature_point="mid_block")
-        data = ProposalSet.from_proposals(proposals, r.target, size)
+        scenes = held_out_scenes(character) if r.scenes == "held-out" else tuple(r.scenes)
+        prompts = scene_prompts(character.subject, scenes, r.proposals)
+        proposals = generate_proposals(backend, prompts, "", settings, feature_point="mid_block")
+        data = ProposalSet.from_proposals(proposals, r.target, size,
+                                          scenes_for(scenes, range(r.proposals)) if scenes else None)
         tuned = tune_projector(backend, data, self.base_word, replace(r.tuning, seed=seed))
         return make_identity(tuned.projector, data.features, self.base_word, backend.family)
 

@@ -46,21 +46,35 @@ class OneActorTuning:
 
 @dataclass
 class ProposalSet:
-    """One target and its auxiliaries: latents [N, C, h, w] and features [N, …]; index 0 is the target."""
+    """One target and its auxiliaries: latents [N, C, h, w] and features [N, …]; index 0 is the target.
+
+    `scenes`, one per proposal ("on a beach, on the left"; "" for none), are the scenes the proposals were
+    prompted with; the tuning captions end with them, so that the offset need not learn the background.
+    """
 
     latents: torch.Tensor
     features: torch.Tensor
     image_size: tuple[int, int]
+    scenes: list[str] | None = None
 
     @classmethod
-    def from_proposals(cls, proposals, target: int, image_size: tuple[int, int]) -> "ProposalSet":
+    def from_proposals(cls, proposals, target: int, image_size: tuple[int, int],
+                       scenes: list[str] | None = None) -> "ProposalSet":
         count = proposals.latents.shape[0]
         if not 0 <= target < count:
             raise ProtagonistError(f"target index {target} is out of range: there are {count} proposals (0–{count - 1})")
         if proposals.features is None:
             raise ProtagonistError("the proposals carry no features: sample them with feature capture on")
+        if scenes is not None and len(scenes) != count:
+            raise ProtagonistError(f"got {len(scenes)} scenes for {count} proposals: give one per proposal")
         order = [target] + [i for i in range(count) if i != target]
-        return cls(proposals.latents[order], proposals.features[order], image_size)
+        return cls(proposals.latents[order], proposals.features[order], image_size,
+                   None if scenes is None else [scenes[i] for i in order])
+
+    def captions(self, template: str, base_word: str) -> list[str]:
+        """Every proposal's caption from `template`, ending with its scene when it has one."""
+        caption = template.format(base_word)
+        return [f"{caption} {scene}" if scene else caption for scene in (self.scenes or [""] * len(self.latents))]
 
 
 @dataclass
@@ -84,10 +98,10 @@ def tune_projector(backend: DiffusionBackend, data: ProposalSet, base_word: str,
     generator = torch.Generator().manual_seed(settings.seed)
     projector = new_projector(backend, data.features, settings.seed).to(backend.device)
     optimizer = torch.optim.AdamW(projector.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    prompts = [t.format(base_word) for t in settings.templates]
-    with torch.no_grad():
-        template_conds = [backend.encode_prompts([p], word=base_word, image_size=data.image_size) for p in prompts]
-    spans = len(template_conds[0].word_positions[0])
+    with torch.no_grad():  # [template][proposal]
+        template_conds = [[backend.encode_prompts([c], word=base_word, image_size=data.image_size)
+                           for c in data.captions(t, base_word)] for t in settings.templates]
+    spans = len(template_conds[0][0].word_positions[0])
     if spans > 1:
         log.info("the base word %r is %d tokens; the offset applies to all of them", base_word, spans)
     projector.train()
@@ -109,9 +123,10 @@ def _step_loss(backend, projector, data: ProposalSet, template_conds, base_word,
     picked = torch.cat([torch.zeros(1, dtype=torch.long), aux])
     offsets = projector(data.features[picked].to(backend.device))  # [1 + K, width]
     offsets = torch.cat([offsets, offsets[1:].mean(dim=0, keepdim=True)])  # + the average condition
-    latents = data.latents[torch.cat([picked, torch.zeros(1, dtype=torch.long)])].to(backend.device)
+    images = torch.cat([picked, torch.zeros(1, dtype=torch.long)])
+    latents = data.latents[images].to(backend.device)
     choice = torch.randint(0, len(template_conds), (latents.shape[0],), generator=generator).tolist()
-    cond = concat_conditionings([template_conds[c] for c in choice])
+    cond = concat_conditionings([template_conds[c][i] for c, i in zip(choice, images.tolist())])
     cond = apply_word_offset(cond, WordOffset(base_word, offsets))
     errors = per_sample(denoising_error(backend, latents, cond, generator, settings.noisiest_share))
     return errors[0] + settings.lambda_aux * errors[1:-1].mean() + settings.lambda_aver * errors[-1]

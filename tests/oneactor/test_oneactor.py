@@ -41,7 +41,7 @@ def test_tuning_objective_falls_and_only_the_projector_learns(tiny_sdxl_backend,
     assert torch.equal(data.latents[0], proposals.latents[2])
     weights = {k: v.clone() for k, v in backend.denoiser.state_dict().items()}
     with torch.no_grad():
-        conds = [backend.encode_prompts(["a photo of a blob"], word="blob", image_size=(32, 32))]
+        conds = [[backend.encode_prompts(["a photo of a blob"], word="blob", image_size=(32, 32))] * 5]
     projector = new_projector(backend, data.features, 0)
     optimizer = torch.optim.AdamW(projector.parameters(), lr=1e-2)
     settings = OneActorTuning(aux_per_batch=2)
@@ -56,6 +56,27 @@ def test_tuning_objective_falls_and_only_the_projector_learns(tiny_sdxl_backend,
     assert all(torch.equal(v, weights[k]) for k, v in backend.denoiser.state_dict().items())
     tuned = tune_projector(backend, data, "blob", OneActorTuning(steps=5, aux_per_batch=2))
     assert len(tuned.losses) == 5 and not tuned.projector.training
+
+
+def test_scenes_follow_their_proposals_into_the_tuning_captions(tiny_sdxl_backend, proposals, monkeypatch):
+    scenes = ["on a beach", "in a forest", "at night", "in the snow", ""]
+    data = ProposalSet.from_proposals(proposals, target=2, image_size=(32, 32), scenes=scenes)
+    assert data.scenes == ["at night", "on a beach", "in a forest", "in the snow", ""]
+    assert data.captions("a photo of a {}", "blob") == [
+        "a photo of a blob at night", "a photo of a blob on a beach", "a photo of a blob in a forest",
+        "a photo of a blob in the snow", "a photo of a blob"]
+    encoded = []
+    original = type(tiny_sdxl_backend).encode_prompts
+
+    def spy(self, prompts, *args, **kwargs):
+        encoded.extend(prompts)
+        return original(self, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(type(tiny_sdxl_backend), "encode_prompts", spy)
+    tune_projector(tiny_sdxl_backend, data, "blob", OneActorTuning(steps=1, aux_per_batch=2, templates=("a {}",)))
+    assert [p for p in encoded if p] == data.captions("a {}", "blob")  # "" sizes the projector
+    with pytest.raises(ProtagonistError, match="2 scenes for 5 proposals"):
+        ProposalSet.from_proposals(proposals, target=0, image_size=(32, 32), scenes=["a", "b"])
 
 
 def test_target_index_out_of_range_names_the_range(proposals):
