@@ -8,7 +8,7 @@ from comfy_api.v0_0_2 import io
 from ..core.oneactor.guidance import ClusterGuidance
 from ..core.oneactor.identity import check_compatible, make_identity
 from ..core.oneactor.tuning import DEFAULT_TEMPLATES, OneActorTuning, ProposalSet, tune_projector
-from ..core.proposals import Proposals
+from ..core.proposals import Proposals, scene_lines, scenes_for
 from .chosen_one import loss_curve_image
 from .comfy_backend import ComfyBackend
 from .oneactor_guider import build_guider
@@ -55,13 +55,16 @@ class OneActorProjectorTrainer(io.ComfyNode):
                 io.Int.Input("aux_per_batch", default=3, min=1, max=32, tooltip="Auxiliary proposals per batch."),
                 io.Float.Input("lr", default=1e-4, min=0.0, max=1.0, step=1e-5, tooltip="AdamW learning rate."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, tooltip="Seed of batches and noise."),
+                io.String.Input("scenes", multiline=True, default="", optional=True,
+                                tooltip="The Proposal Sampler's scenes, one per line: each proposal's tuning "
+                                        "captions end with its scene, so the offset does not learn the background."),
             ],
             outputs=[Identity.Output(display_name="identity"), io.Image.Output(display_name="loss_curve")],
         )
 
     @classmethod
     def execute(cls, model, clip, latents, features, target_index, base_word, templates, steps, aux_per_batch, lr,
-                seed) -> io.NodeOutput:
+                seed, scenes="") -> io.NodeOutput:
         settings = OneActorTuning(steps=steps, aux_per_batch=aux_per_batch, lr=lr, seed=seed,
                                   templates=tuple(t for t in templates.splitlines() if t.strip()))
         with torch.inference_mode(False), torch.enable_grad():
@@ -69,7 +72,9 @@ class OneActorProjectorTrainer(io.ComfyNode):
             samples = model.model.process_latent_in(latents["samples"].clone())
             size = (samples.shape[-2] * backend.vae_scale, samples.shape[-1] * backend.vae_scale)
             proposals = Proposals(samples, torch.zeros(0), [], features.clone())
-            data = ProposalSet.from_proposals(proposals, target_index, size)
+            count = samples.shape[0]
+            proposal_scenes = scenes_for(scene_lines(scenes), range(count)) if scene_lines(scenes) else None
+            data = ProposalSet.from_proposals(proposals, target_index, size, proposal_scenes)
             with backend.trainable():
                 tuned = tune_projector(backend, data, base_word, settings, callback=TrainingProgress(steps))
             identity = make_identity(tuned.projector, data.features, base_word, backend.family)

@@ -11,7 +11,7 @@ from protagonist.core.oneactor.identity import make_identity, save_identity
 from protagonist.core.oneactor.tuning import new_projector
 from protagonist.core.sampling import sample, seeded_noise
 
-from .helpers import run_prompt, tiny_loader_node
+from .helpers import pack_module, run_prompt, tiny_loader_node
 
 CAPTURED: list = []
 
@@ -93,3 +93,31 @@ def test_one_node_sampler_draws_the_identity(comfy_nodes, comfy_sdxl, comfy_back
     images = node.execute(model, clip, vae, identity, "a blob at night\na blob in the snow", "", 4, 3, "euler", 32, 32,
                           6.0, 1.0, 0.8, 0.5, 4.0).result[0]
     assert images.shape == (2, 32, 32, 3) and 0 <= float(images.min()) and float(images.max()) <= 1
+
+
+def test_trainer_scenes_follow_the_proposals_into_the_tuning(comfy_nodes, comfy_sdxl, monkeypatch):
+    module = pack_module("nodes.oneactor")
+    original, seen = module.tune_projector, []
+
+    def record(backend, data, *args, **kwargs):
+        seen.append(data)
+        return original(backend, data, *args, **kwargs)
+
+    monkeypatch.setattr(module, "tune_projector", record)
+    scenes = "on a beach\nin a forest"
+    comfy_nodes.NODE_CLASS_MAPPINGS["ProtagonistTest_TinyModels"] = tiny_loader_node(comfy_sdxl)
+    prompt = {
+        "1": {"class_type": "ProtagonistTest_TinyModels", "inputs": {}},
+        "2": {"class_type": "Protagonist_ProposalSampler", "inputs": {
+            "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "prompt": "a photo of a blob", "negative": "",
+            "count": 3, "seed": 1, "steps": 2, "cfg": 4.0, "sampler": "euler", "width": 32, "height": 32,
+            "batch_size": 3, "scenes": scenes}},
+        "3": {"class_type": "Protagonist_OneActorProjectorTrainer", "inputs": {
+            "model": ["1", 0], "clip": ["1", 1], "latents": ["2", 1], "features": ["2", 2], "target_index": 1,
+            "base_word": "blob", "templates": "a photo of a {}", "steps": 1, "aux_per_batch": 2, "lr": 1e-4,
+            "seed": 0, "scenes": scenes}},
+        "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 1]}},
+    }
+    outputs, _ = run_prompt(prompt)
+    assert len(outputs["4"]["images"]) == 1
+    assert seen[0].scenes == ["in a forest", "on a beach", "on a beach"]  # the target (proposal 1) first
