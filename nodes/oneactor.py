@@ -72,8 +72,8 @@ class OneActorProjectorTrainer(io.ComfyNode):
             samples = model.model.process_latent_in(latents["samples"].clone())
             size = (samples.shape[-2] * backend.vae_scale, samples.shape[-1] * backend.vae_scale)
             proposals = Proposals(samples, torch.zeros(0), [], features.clone())
-            count = samples.shape[0]
-            proposal_scenes = scenes_for(scene_lines(scenes), range(count)) if scene_lines(scenes) else None
+            lines = scene_lines(scenes)
+            proposal_scenes = scenes_for(lines, range(samples.shape[0])) if lines else None
             data = ProposalSet.from_proposals(proposals, target_index, size, proposal_scenes)
             with backend.trainable():
                 tuned = tune_projector(backend, data, base_word, settings, callback=TrainingProgress(steps))

@@ -373,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
                              "vocabulary and train the denoiser further")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.hide_modifiers and args.family != "sdxl":
+        parser.error("--hide-modifiers works for sdxl only: FLUX's T5 tokenizes the captions differently")
     torch.set_num_threads(args.threads)
     args.grid_every = (3 if args.family == "flux" else 0) if args.grid_every is None else args.grid_every
     run_dir = Path(args.run_dir or f"runs/sprite-{args.family}")

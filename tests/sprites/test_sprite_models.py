@@ -149,3 +149,12 @@ def test_hidden_modifiers_become_the_start_token_state_and_only_before_the_class
     assert torch.equal(hidden[0, adjectives.start], cond.embeds[0, 0])
     kept = hide_modifiers(backend, cond, prompts, 0.0, torch.Generator().manual_seed(0)).embeds
     assert torch.equal(kept, cond.embeds)
+
+
+def test_hiding_modifiers_is_refused_for_flux_before_any_training(tmp_path):
+    from protagonist.sprites.train_models import main
+
+    with pytest.raises(SystemExit):
+        main(["flux", "--hide-modifiers", "0.5", "--steps", "1", "--run-dir", str(tmp_path / "run"),
+              "--out", str(tmp_path / "model")])
+    assert not (tmp_path / "run").exists()
