@@ -29,7 +29,8 @@ METHODS = {
     "chosen-one-fast-pure-cluster": lambda embedder, out, sets: PureClusterCeiling("fast", overrides=sets),
     "oneactor": lambda embedder, out, sets: OneActorMethod(overrides=sets),
     "oneactor-no-aux": lambda embedder, out, sets: OneActorMethod(
-        "oneactor-no-aux", recipe=OneActorRecipe(guidance=replace(OneActorRecipe().guidance, eta_target=5.0, eta_aux=0.0)),
+        "oneactor-no-aux", recipe=OneActorRecipe(guidance=replace(OneActorRecipe().guidance, eta_target=5.0, eta_aux=0.0,
+                                                                   semantic_scale=0.8)),
         overrides=sets),
 }
 
