@@ -10,7 +10,7 @@ from comfy_api.v0_0_2 import io
 
 from ..core.adapters import comfy_lora
 from ..core.chosen_one.identity_file import export_for_comfyui, save_identity
-from ..core.chosen_one.loop import run_chosen_one
+from ..core.chosen_one.loop import proposal_batches, run_chosen_one
 from ..core.chosen_one.presets import PRESETS
 from ..core.chosen_one.presets import preset as preset_settings
 from ..core.chosen_one.training import DEFAULT_TEMPLATES, IdentityTraining, new_token, train_identity
@@ -154,8 +154,7 @@ class ChosenOneLoop(io.ComfyNode):
             result = run_chosen_one(
                 backend, settings, lambda images: embed_images(embedder, images), run_directory(name),
                 callback=lambda index, stage, images: shown.append(images),
-                sample_callback=SamplingProgress(model, settings.proposals.steps, runs=(settings.max_rounds + 1) * -(
-                    -settings.proposals.count // settings.proposals.batch_size)),
+                sample_callback=SamplingProgress(model, settings.proposals.steps, runs=proposal_batches(settings)),
                 train_callback=TrainingProgress(settings.training.steps))
         if result.identity is None:
             raise RuntimeError("no round completed; see the log for why")

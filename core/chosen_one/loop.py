@@ -88,6 +88,11 @@ def _completed_rounds(run_dir: Path) -> list[RoundResult]:
     return rounds
 
 
+def proposal_batches(settings: ChosenOneSettings) -> int:
+    """Sampling runs of a loop that goes to its round limit (for progress bars)."""
+    return (settings.max_rounds + 1) * -(-settings.proposals.count // settings.proposals.batch_size)
+
+
 def worst_case_evaluations(settings: ChosenOneSettings, cfg_passes: int = 2) -> int:
     """Denoiser evaluations of a loop that runs to its round limit: every round's proposals (conditional and
     unconditional pass each step) and every training step's batch."""

@@ -98,9 +98,7 @@ def tune_projector(backend: DiffusionBackend, data: ProposalSet, base_word: str,
     generator = torch.Generator().manual_seed(settings.seed)
     projector = new_projector(backend, data.features, settings.seed).to(backend.device)
     optimizer = torch.optim.AdamW(projector.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    with torch.no_grad():  # [template][proposal]
-        template_conds = [[backend.encode_prompts([c], word=base_word, image_size=data.image_size)
-                           for c in data.captions(t, base_word)] for t in settings.templates]
+    template_conds = _encoded_captions(backend, data, settings.templates, base_word)
     spans = len(template_conds[0][0].word_positions[0])
     if spans > 1:
         log.info("the base word %r is %d tokens; the offset applies to all of them", base_word, spans)
@@ -115,6 +113,16 @@ def tune_projector(backend: DiffusionBackend, data: ProposalSet, base_word: str,
                 callback(step, losses[-1])
     projector.eval()
     return TunedProjector(projector, losses)
+
+
+def _encoded_captions(backend, data: ProposalSet, templates, base_word: str) -> list[list]:
+    """[template][proposal] conditionings; each distinct caption is encoded once (without scenes, one per
+    template)."""
+    encoded = {}
+    with torch.no_grad():
+        for caption in dict.fromkeys(c for t in templates for c in data.captions(t, base_word)):
+            encoded[caption] = backend.encode_prompts([caption], word=base_word, image_size=data.image_size)
+    return [[encoded[c] for c in data.captions(t, base_word)] for t in templates]
 
 
 def _step_loss(backend, projector, data: ProposalSet, template_conds, base_word, settings, generator) -> torch.Tensor:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
-from protagonist.core.chosen_one.loop import worst_case_evaluations
+from protagonist.core.chosen_one.loop import proposal_batches, worst_case_evaluations
 from protagonist.core.chosen_one.presets import preset
 from protagonist.core.interface import ProtagonistError
 
@@ -13,6 +15,12 @@ def test_worst_case_evaluations_counts_proposals_and_training():
     assert worst_case_evaluations(paper) == 6 * 128 * 35 * 2 + 5 * 500 * 1
     fast = preset("fast", "a blob", "blob")
     assert worst_case_evaluations(fast) == 4 * 32 * 20 * 2 + 3 * 150 * 4
+
+
+def test_proposal_batches_count_every_round_with_a_short_last_batch():
+    paper = preset("paper", "a blob", "blob")
+    assert proposal_batches(paper) == 6 * -(-128 // paper.proposals.batch_size)
+    assert proposal_batches(replace(paper, proposals=replace(paper.proposals, count=10, batch_size=4))) == 6 * 3
 
 
 def test_fast_costs_at_most_a_quarter_of_paper():

@@ -75,6 +75,10 @@ def test_scenes_follow_their_proposals_into_the_tuning_captions(tiny_sdxl_backen
     monkeypatch.setattr(type(tiny_sdxl_backend), "encode_prompts", spy)
     tune_projector(tiny_sdxl_backend, data, "blob", OneActorTuning(steps=1, aux_per_batch=2, templates=("a {}",)))
     assert [p for p in encoded if p] == data.captions("a {}", "blob")  # "" sizes the projector
+    encoded.clear()
+    tune_projector(tiny_sdxl_backend, ProposalSet.from_proposals(proposals, target=2, image_size=(32, 32)), "blob",
+                   OneActorTuning(steps=1, aux_per_batch=2, templates=("a {}", "a photo of a {}")))
+    assert sorted(p for p in encoded if p) == ["a blob", "a photo of a blob"]  # once each, not per proposal
     with pytest.raises(ProtagonistError, match="2 scenes for 5 proposals"):
         ProposalSet.from_proposals(proposals, target=0, image_size=(32, 32), scenes=["a", "b"])
 
