@@ -91,18 +91,21 @@ def random_mention(rng: np.random.Generator) -> tuple[str, ...]:
     return tuple(IDENTITY_ATTRIBUTES[i] for i in sorted(picked))
 
 
-def random_naming(rng: np.random.Generator) -> tuple[tuple[str, ...], bool]:
+def random_naming(rng: np.random.Generator, prenominal_rate: float = PRENOMINAL_PROBABILITY
+                  ) -> tuple[tuple[str, ...], bool]:
     """(attributes to mention, whether eyes and accessory go before the class word)."""
     mention = random_mention(rng)
-    return mention, rng.random() < PRENOMINAL_PROBABILITY
+    return mention, rng.random() < prenominal_rate
 
 
-def random_caption(identity: Identity, context: Context, rng: np.random.Generator) -> str:
-    return caption(identity, context, *random_naming(rng))
+def random_caption(identity: Identity, context: Context, rng: np.random.Generator,
+                   prenominal_rate: float = PRENOMINAL_PROBABILITY) -> str:
+    return caption(identity, context, *random_naming(rng, prenominal_rate))
 
 
-def random_grid_caption(identity: Identity, contexts: Sequence[Context], rng: np.random.Generator) -> str:
-    return grid_caption(identity, contexts, *random_naming(rng))
+def random_grid_caption(identity: Identity, contexts: Sequence[Context], rng: np.random.Generator,
+                        prenominal_rate: float = PRENOMINAL_PROBABILITY) -> str:
+    return grid_caption(identity, contexts, *random_naming(rng, prenominal_rate))
 
 
 def _phrases(attr: str) -> list[tuple[int, str]]:

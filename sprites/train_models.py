@@ -23,7 +23,13 @@ from ..core.backends.loading import backend_from_components, pipeline_class
 from ..core.checkpoint import atomic_folder, atomic_write_json, load_checkpoint, save_checkpoint
 from ..core.training import denoising_error
 from .attributes import CLASS_WORD, Context, Identity
-from .captions import MAX_MENTIONED, MENTION_PROBABILITY, random_caption, random_grid_caption
+from .captions import (
+    MAX_MENTIONED,
+    MENTION_PROBABILITY,
+    PRENOMINAL_PROBABILITY,
+    random_caption,
+    random_grid_caption,
+)
 from .models import FLUX_DIR, FLUX_FLOW_SHIFT, SDXL_DIR, build_flux, build_sdxl, load_for_finetuning
 from .world import render_grid_with_mask, render_with_mask, split_grid, tile_grid
 
@@ -40,19 +46,21 @@ class Clock:
         return self.before + time.time() - self.start
 
 
-def sprite_batch(rng: np.random.Generator, n: int, grids: bool) -> tuple[torch.Tensor, list[str], torch.Tensor]:
-    """Images, captions and the masks [n, 1, H, W] of the pixels the characters cover."""
+def sprite_batch(rng: np.random.Generator, n: int, grids: bool, prenominal_rate: float = PRENOMINAL_PROBABILITY
+                 ) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+    """Images, captions and the masks [n, 1, H, W] of the pixels the characters cover; `prenominal_rate` is the
+    share of captions that name eyes and accessory as adjectives before the class word."""
     images, captions, masks = [], [], []
     for _ in range(n):
         identity = Identity.random(rng)
         if grids:
             contexts = [Context.random(rng) for _ in range(4)]
             image, mask = render_grid_with_mask(identity, contexts, rng)
-            captions.append(random_grid_caption(identity, contexts, rng))
+            captions.append(random_grid_caption(identity, contexts, rng, prenominal_rate))
         else:
             context = Context.random(rng)
             image, mask = render_with_mask(identity, context, rng)
-            captions.append(random_caption(identity, context, rng))
+            captions.append(random_caption(identity, context, rng, prenominal_rate))
         images.append(image)
         masks.append(mask)
     return torch.stack(images), captions, torch.stack(masks)
@@ -210,7 +218,8 @@ def exponential_average(modules: dict, decay: float):
 
 def train_denoiser(backend, steps: int, batch: int, run_dir: Path, seed: int, grid_every: int = 0,
                    lr: float = 4e-4, ema_decay: float = 0.0,
-                   sprite_weight: float = 1.0, hide_rate: float = 0.0) -> tuple[list[float], float]:
+                   sprite_weight: float = 1.0, hide_rate: float = 0.0,
+                   prenominal_rate: float = PRENOMINAL_PROBABILITY) -> tuple[list[float], float]:
     """Denoiser + text encoders; every `grid_every`-th step is a batch of 2×2 grids (0 = never).
 
     With `ema_decay` > 0 the modules end with the exponential moving average of their weights;
@@ -228,7 +237,7 @@ def train_denoiser(backend, steps: int, batch: int, run_dir: Path, seed: int, gr
     for step in range(state["step"], steps):
         grids = grid_every > 0 and step % grid_every == grid_every - 1
         rng = np.random.default_rng(seed * 100003 + step)
-        images, captions, masks = sprite_batch(rng, batch // 4 if grids else batch, grids=grids)
+        images, captions, masks = sprite_batch(rng, batch // 4 if grids else batch, grids, prenominal_rate)
         for group in optimizer.param_groups:
             group["lr"] = lr * min(1.0, (step + 1) / 200) * (0.1 + 0.9 * (1 - step / steps))
         loss = denoiser_loss(backend, images, captions, torch.Generator().manual_seed(seed + step),
@@ -308,7 +317,8 @@ def write_finetune_card(folder: Path, previous_card: str, args, losses, seconds:
     lines = [
         previous_card.rstrip(), "", f"## Stage {stage}: {_stage_title(args)}", "",
         f"Captions name identity attributes with probability {MENTION_PROBABILITY} (one to {MAX_MENTIONED} of "
-        "them), sometimes as adjectives before the class word (\"a one eyed hatted red blob\").",
+        f"them), eyes and accessory as adjectives before the class word (\"a one eyed hatted red blob\") in "
+        f"{args.prenominal:.0%} of them.",
         f"* {args.steps} steps × {args.batch}, learning rate {args.lr}, EMA decay {args.ema} (the EMA weights are saved)"
         + (f", one batch of grids every {args.grid_every} steps" if args.grid_every else "")
         + (f", loss weight {args.sprite_weight} on the characters' pixels" if args.sprite_weight != 1.0 else "")
@@ -323,7 +333,7 @@ def write_finetune_card(folder: Path, previous_card: str, args, losses, seconds:
         "", f"Reproduce (after the stages above): `python -m protagonist.sprites.train_models {args.family} --finetune-from "
             f"<previous stage folder> --steps {args.steps} --lr {args.lr} --ema {args.ema} --grid-every {args.grid_every} "
             f"--sprite-weight {args.sprite_weight} --vae-grid-steps {args.vae_grid_steps} "
-            f"--hide-modifiers {args.hide_modifiers} --seed {args.seed}`",
+            f"--hide-modifiers {args.hide_modifiers} --prenominal {args.prenominal} --seed {args.seed}`",
     ]
     (folder / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
 
@@ -340,7 +350,8 @@ def finetune(args, run_dir: Path, folder: Path) -> int:
     backend = backend_from_components(args.family, parts)
     losses, seconds = train_denoiser(backend, args.steps, args.batch, run_dir / "finetune", args.seed,
                                      args.grid_every, lr=args.lr, ema_decay=args.ema,
-                                     sprite_weight=args.sprite_weight, hide_rate=args.hide_modifiers)
+                                     sprite_weight=args.sprite_weight, hide_rate=args.hide_modifiers,
+                                     prenominal_rate=args.prenominal)
     size = save_pipeline(args.family, parts, folder)
     write_finetune_card(folder, previous_card, args, losses, seconds, size, vae_seconds)
     atomic_write_json({"losses": losses, "seconds": seconds}, run_dir / "finetune-curves.json")
@@ -365,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hide-modifiers", type=float, default=0.0,
                         help="share of captions whose words before the class word the denoiser cannot see "
                              "(their meaning then reaches it through the class word's state only)")
+    parser.add_argument("--prenominal", type=float, default=PRENOMINAL_PROBABILITY,
+                        help="share of captions naming eyes and accessory as adjectives before the class word "
+                             "(\"a one eyed hatted blob\") rather than after it (\"a blob with one eye and a hat\")")
     parser.add_argument("--ema", type=float, default=0.0, help="EMA decay of the saved weights (0 = no EMA)")
     parser.add_argument("--vae-grid-steps", type=int, default=0,
                         help="with --finetune-from: first teach the VAE to code 2×2 grids as their four panels")
@@ -390,7 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     stats = standardise_latents(parts["vae"], config.scaling_factor, config.shift_factor or 0.0, args.seed)
     losses, seconds["denoiser"] = train_denoiser(backend, args.steps, args.batch, run_dir / "denoiser", args.seed,
                                                  args.grid_every, lr=args.lr, ema_decay=args.ema,
-                                                 sprite_weight=args.sprite_weight, hide_rate=args.hide_modifiers)
+                                                 sprite_weight=args.sprite_weight, hide_rate=args.hide_modifiers,
+                                                 prenominal_rate=args.prenominal)
     size = save_pipeline(args.family, parts, folder)
     write_card(folder, args.family, args, vae_losses, losses, stats, seconds, size)
     atomic_write_json({"vae_losses": vae_losses, "losses": losses, "seconds": seconds}, run_dir / "curves.json")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from protagonist.sprites import world
+from protagonist.sprites.attributes import PRENOMINAL_WORDS
 from protagonist.sprites.captions import MENTION_PROBABILITY, random_mention
 from protagonist.sprites.world import (
     ATTRIBUTES,
@@ -170,6 +171,17 @@ def test_random_caption_mentions_identity_at_the_set_rate():
     assert {a for m in mentions for a in m} == set(IDENTITY_ATTRIBUTES)
     assert random_caption(Identity.from_index(3), Context.from_index(3), np.random.default_rng(5)).endswith(
         Context.from_index(3).words()["position"])
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.8, 1.0])
+def test_prenominal_rate_sets_where_eyes_and_accessory_are_named(rate):
+    rng = np.random.default_rng(7)
+    captions = [random_caption(Identity.random(rng), Context.random(rng), rng, prenominal_rate=rate)
+                for _ in range(1500)]
+    naming = [c for c in captions if " with " in c or any(
+        w in c for words in PRENOMINAL_WORDS.values() for w in words)]
+    after = sum(" with " in c for c in naming) / len(naming)
+    assert abs(after - (1 - rate)) < 0.04
 
 
 def test_vocabulary_covers_every_caption_word():
