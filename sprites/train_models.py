@@ -161,9 +161,10 @@ def standardise_latents(vae, scale: float, shift: float, seed: int) -> dict:
 
 
 def denoiser_loss(backend, images, captions, generator, drop_rate: float = 0.1,
-                  pixel_weights: torch.Tensor | None = None, hide_rate: float = 0.0) -> torch.Tensor:
+                  pixel_weights: torch.Tensor | None = None, hide_rate: float = 0.0,
+                  fold_rate: float = 0.0) -> torch.Tensor:
     """Mean denoising error; `pixel_weights` [B, 1, H, W] weight it where they fall in latent space;
-    `hide_rate`: see :func:`hide_modifiers`."""
+    `hide_rate`: see :func:`hide_modifiers`; `fold_rate`: see :func:`fold_modifiers`."""
     keep = torch.rand(len(captions), generator=generator) >= drop_rate
     prompts = [c if k else "" for c, k in zip(captions, keep.tolist())]
     size = tuple(images.shape[-2:])
@@ -172,6 +173,8 @@ def denoiser_loss(backend, images, captions, generator, drop_rate: float = 0.1,
     cond = backend.encode_prompts(prompts, image_size=size)
     if hide_rate > 0:
         cond = hide_modifiers(backend, cond, prompts, hide_rate, generator)
+    if fold_rate > 0:
+        cond = fold_modifiers(backend, cond, prompts, fold_rate, generator)
     error = denoising_error(backend, latents, cond, generator)
     if pixel_weights is None:
         return error.mean()
@@ -204,6 +207,37 @@ def hide_modifiers(backend, cond, prompts: list[str], rate: float, generator: to
     return cond.replace(embeds=torch.where(mask, cond.embeds[:, :1], cond.embeds))
 
 
+def strip_modifiers(prompt: str, tokenizer) -> str:
+    """The prompt without the words between "a" and the class word ("a one eyed red blob in …" → "a blob in …")."""
+    if not modifier_positions(tokenizer, prompt):
+        return prompt
+    return f"a {CLASS_WORD}{prompt.partition(f' {CLASS_WORD}')[2]}"
+
+
+def fold_modifiers(backend, cond, prompts: list[str], rate: float, generator: torch.Generator):
+    """With probability `rate` per caption that has adjectives before the class word, the denoiser sees the caption
+    without them ("a blob in a forest, …", encoded alone) except for the class word's state, which comes from the
+    full caption. That is exactly what OneActor's word offset can give it at sampling time — one changed state
+    on the class word — so the text encoders learn to fold the adjectives into that state and the denoiser to
+    read them there, as it must from a CLIP noun in real SDXL. (:func:`hide_modifiers` leaves them readable from
+    the states of every word after the class word, which an offset on the class word does not reach.)"""
+    if backend.family != "sdxl":
+        raise ValueError("folding modifiers needs one tokenization for every encoder (SDXL); FLUX's T5 differs")
+    tokenizer = next(iter(backend.tokenizers.values()))
+    drawn = [bool(torch.rand((), generator=generator) < rate) for _ in prompts]
+    folded = [b for b, p in enumerate(prompts) if drawn[b] and modifier_positions(tokenizer, p)]
+    if not folded:
+        return cond
+    bare = backend.encode_prompts([strip_modifiers(prompts[b], tokenizer) for b in folded])
+    embeds, pooled = list(cond.embeds.unbind(0)), list(cond.pooled.unbind(0))
+    for row, b in enumerate(folded):
+        class_state = cond.embeds[b, modifier_positions(tokenizer, prompts[b]).stop]
+        at = modifier_positions(tokenizer, prompts[b]).start  # where the class word stands once they are gone
+        embeds[b] = torch.cat([bare.embeds[row, :at], class_state[None], bare.embeds[row, at + 1:]])
+        pooled[b] = bare.pooled[row]
+    return cond.replace(embeds=torch.stack(embeds), pooled=torch.stack(pooled))
+
+
 def sprite_weights(masks: torch.Tensor, sprite_weight: float) -> torch.Tensor | None:
     """Per-pixel loss weights: `sprite_weight` on the character, 1 on the background (None when 1)."""
     return None if sprite_weight == 1.0 else 1.0 + (sprite_weight - 1.0) * masks
@@ -219,7 +253,8 @@ def exponential_average(modules: dict, decay: float):
 def train_denoiser(backend, steps: int, batch: int, run_dir: Path, seed: int, grid_every: int = 0,
                    lr: float = 4e-4, ema_decay: float = 0.0,
                    sprite_weight: float = 1.0, hide_rate: float = 0.0,
-                   prenominal_rate: float = PRENOMINAL_PROBABILITY) -> tuple[list[float], float]:
+                   prenominal_rate: float = PRENOMINAL_PROBABILITY, fold_rate: float = 0.0
+                   ) -> tuple[list[float], float]:
     """Denoiser + text encoders; every `grid_every`-th step is a batch of 2×2 grids (0 = never).
 
     With `ema_decay` > 0 the modules end with the exponential moving average of their weights;
@@ -241,7 +276,8 @@ def train_denoiser(backend, steps: int, batch: int, run_dir: Path, seed: int, gr
         for group in optimizer.param_groups:
             group["lr"] = lr * min(1.0, (step + 1) / 200) * (0.1 + 0.9 * (1 - step / steps))
         loss = denoiser_loss(backend, images, captions, torch.Generator().manual_seed(seed + step),
-                             pixel_weights=sprite_weights(masks, sprite_weight), hide_rate=hide_rate)
+                             pixel_weights=sprite_weights(masks, sprite_weight), hide_rate=hide_rate,
+                             fold_rate=fold_rate)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -306,7 +342,7 @@ def _stage_title(args) -> str:
     parts = ["the VAE taught to code 2×2 grids as their four panels"] if args.vae_grid_steps else []
     if args.sprite_weight != 1.0:
         parts.append(f"the characters' pixels weighted {args.sprite_weight:g}×")
-    if args.hide_modifiers:
+    if args.hide_modifiers or args.fold_modifiers:
         parts.append("the class word carries its adjectives")
     return "; ".join(parts or ["more training"])
 
@@ -323,7 +359,9 @@ def write_finetune_card(folder: Path, previous_card: str, args, losses, seconds:
         + (f", one batch of grids every {args.grid_every} steps" if args.grid_every else "")
         + (f", loss weight {args.sprite_weight} on the characters' pixels" if args.sprite_weight != 1.0 else "")
         + (f", the adjectives before the class word hidden from the denoiser in {args.hide_modifiers:.0%} of "
-           "captions (`hide_modifiers`)" if args.hide_modifiers else ""),
+           "captions (`hide_modifiers`)" if args.hide_modifiers else "")
+        + (f", the adjectives before the class word folded into its state in {args.fold_modifiers:.0%} of captions "
+           "(`fold_modifiers`)" if args.fold_modifiers else ""),
         *([f"* flow shift {FLUX_FLOW_SHIFT} for training noise levels and sampling (ComfyUI's FLUX default)"]
           if args.family == "flux" else []),
         *([f"* first the VAE: {args.vae_grid_steps} steps teaching it to code 2×2 grids as their four panels "
@@ -333,7 +371,8 @@ def write_finetune_card(folder: Path, previous_card: str, args, losses, seconds:
         "", f"Reproduce (after the stages above): `python -m protagonist.sprites.train_models {args.family} --finetune-from "
             f"<previous stage folder> --steps {args.steps} --lr {args.lr} --ema {args.ema} --grid-every {args.grid_every} "
             f"--sprite-weight {args.sprite_weight} --vae-grid-steps {args.vae_grid_steps} "
-            f"--hide-modifiers {args.hide_modifiers} --prenominal {args.prenominal} --seed {args.seed}`",
+            f"--hide-modifiers {args.hide_modifiers} --fold-modifiers {args.fold_modifiers} "
+            f"--prenominal {args.prenominal} --seed {args.seed}`",
     ]
     (folder / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
 
@@ -351,7 +390,7 @@ def finetune(args, run_dir: Path, folder: Path) -> int:
     losses, seconds = train_denoiser(backend, args.steps, args.batch, run_dir / "finetune", args.seed,
                                      args.grid_every, lr=args.lr, ema_decay=args.ema,
                                      sprite_weight=args.sprite_weight, hide_rate=args.hide_modifiers,
-                                     prenominal_rate=args.prenominal)
+                                     prenominal_rate=args.prenominal, fold_rate=args.fold_modifiers)
     size = save_pipeline(args.family, parts, folder)
     write_finetune_card(folder, previous_card, args, losses, seconds, size, vae_seconds)
     atomic_write_json({"losses": losses, "seconds": seconds}, run_dir / "finetune-curves.json")
@@ -376,6 +415,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hide-modifiers", type=float, default=0.0,
                         help="share of captions whose words before the class word the denoiser cannot see "
                              "(their meaning then reaches it through the class word's state only)")
+    parser.add_argument("--fold-modifiers", type=float, default=0.0,
+                        help="share of captions the denoiser sees without the words before the class word, "
+                             "except folded into the class word's state (what OneActor's word offset acts on)")
     parser.add_argument("--prenominal", type=float, default=PRENOMINAL_PROBABILITY,
                         help="share of captions naming eyes and accessory as adjectives before the class word "
                              "(\"a one eyed hatted blob\") rather than after it (\"a blob with one eye and a hat\")")
@@ -387,8 +429,9 @@ def main(argv: list[str] | None = None) -> int:
                              "vocabulary and train the denoiser further")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    if args.hide_modifiers and args.family != "sdxl":
-        parser.error("--hide-modifiers works for sdxl only: FLUX's T5 tokenizes the captions differently")
+    if (args.hide_modifiers or args.fold_modifiers) and args.family != "sdxl":
+        parser.error("--hide-modifiers and --fold-modifiers work for sdxl only: FLUX's T5 tokenizes the captions "
+                     "differently")
     torch.set_num_threads(args.threads)
     args.grid_every = (3 if args.family == "flux" else 0) if args.grid_every is None else args.grid_every
     run_dir = Path(args.run_dir or f"runs/sprite-{args.family}")
@@ -405,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     losses, seconds["denoiser"] = train_denoiser(backend, args.steps, args.batch, run_dir / "denoiser", args.seed,
                                                  args.grid_every, lr=args.lr, ema_decay=args.ema,
                                                  sprite_weight=args.sprite_weight, hide_rate=args.hide_modifiers,
-                                                 prenominal_rate=args.prenominal)
+                                                 prenominal_rate=args.prenominal, fold_rate=args.fold_modifiers)
     size = save_pipeline(args.family, parts, folder)
     write_card(folder, args.family, args, vae_losses, losses, stats, seconds, size)
     atomic_write_json({"vae_losses": vae_losses, "losses": losses, "seconds": seconds}, run_dir / "curves.json")

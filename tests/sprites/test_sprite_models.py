@@ -151,10 +151,33 @@ def test_hidden_modifiers_become_the_start_token_state_and_only_before_the_class
     assert torch.equal(kept, cond.embeds)
 
 
+def test_folded_modifiers_reach_the_denoiser_only_through_the_class_word_state():
+    from protagonist.sprites.train_models import fold_modifiers, modifier_positions
+
+    backend = load_sprite_model("sdxl")
+    tokenizer = backend.tokenizers["clip_l"]
+    prompts = ["a one eyed hatted red blob in a forest, on the left", "a blob with a hat on a beach", ""]
+    cond = backend.encode_prompts(prompts)
+    folded = fold_modifiers(backend, cond, prompts, 1.0, torch.Generator().manual_seed(0))
+    bare = backend.encode_prompts(["a blob in a forest, on the left"])
+    class_position = modifier_positions(tokenizer, prompts[0]).stop
+    bare_class_position = modifier_positions(tokenizer, prompts[0]).start
+    differs_from_bare = (folded.embeds[0] != bare.embeds[0]).any(-1)
+    assert differs_from_bare.nonzero().flatten().tolist() == [bare_class_position]
+    assert torch.equal(folded.embeds[0, bare_class_position], cond.embeds[0, class_position])
+    assert torch.equal(folded.pooled[0], bare.pooled[0])
+    assert torch.equal(folded.embeds[1:], cond.embeds[1:]) and torch.equal(folded.pooled[1:], cond.pooled[1:])
+    kept = fold_modifiers(backend, cond, prompts, 0.0, torch.Generator().manual_seed(0))
+    assert torch.equal(kept.embeds, cond.embeds)
+
+
 def test_hiding_modifiers_is_refused_for_flux_before_any_training(tmp_path):
     from protagonist.sprites.train_models import main
 
     with pytest.raises(SystemExit):
         main(["flux", "--hide-modifiers", "0.5", "--steps", "1", "--run-dir", str(tmp_path / "run"),
+              "--out", str(tmp_path / "model")])
+    with pytest.raises(SystemExit):
+        main(["flux", "--fold-modifiers", "0.5", "--steps", "1", "--run-dir", str(tmp_path / "run"),
               "--out", str(tmp_path / "model")])
     assert not (tmp_path / "run").exists()
