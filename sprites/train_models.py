@@ -231,8 +231,9 @@ def fold_modifiers(backend, cond, prompts: list[str], rate: float, generator: to
     bare = backend.encode_prompts([strip_modifiers(prompts[b], tokenizer) for b in folded])
     embeds, pooled = list(cond.embeds.unbind(0)), list(cond.pooled.unbind(0))
     for row, b in enumerate(folded):
-        class_state = cond.embeds[b, modifier_positions(tokenizer, prompts[b]).stop]
-        at = modifier_positions(tokenizer, prompts[b]).start  # where the class word stands once they are gone
+        modifiers = modifier_positions(tokenizer, prompts[b])
+        class_state = cond.embeds[b, modifiers.stop]
+        at = modifiers.start  # where the class word stands once the modifiers are gone
         embeds[b] = torch.cat([bare.embeds[row, :at], class_state[None], bare.embeds[row, at + 1:]])
         pooled[b] = bare.pooled[row]
     return cond.replace(embeds=torch.stack(embeds), pooled=torch.stack(pooled))
