@@ -207,10 +207,8 @@ def hide_modifiers(backend, cond, prompts: list[str], rate: float, generator: to
     return cond.replace(embeds=torch.where(mask, cond.embeds[:, :1], cond.embeds))
 
 
-def strip_modifiers(prompt: str, tokenizer) -> str:
+def strip_modifiers(prompt: str) -> str:
     """The prompt without the words between "a" and the class word ("a one eyed red blob in …" → "a blob in …")."""
-    if not modifier_positions(tokenizer, prompt):
-        return prompt
     return f"a {CLASS_WORD}{prompt.partition(f' {CLASS_WORD}')[2]}"
 
 
@@ -225,16 +223,15 @@ def fold_modifiers(backend, cond, prompts: list[str], rate: float, generator: to
         raise ValueError("folding modifiers needs one tokenization for every encoder (SDXL); FLUX's T5 differs")
     tokenizer = next(iter(backend.tokenizers.values()))
     drawn = [bool(torch.rand((), generator=generator) < rate) for _ in prompts]
-    folded = [b for b, p in enumerate(prompts) if drawn[b] and modifier_positions(tokenizer, p)]
+    spans = {b: modifier_positions(tokenizer, p) for b, p in enumerate(prompts) if drawn[b]}
+    folded = [b for b, span in spans.items() if span]
     if not folded:
         return cond
-    bare = backend.encode_prompts([strip_modifiers(prompts[b], tokenizer) for b in folded])
+    bare = backend.encode_prompts([strip_modifiers(prompts[b]) for b in folded])
     embeds, pooled = list(cond.embeds.unbind(0)), list(cond.pooled.unbind(0))
     for row, b in enumerate(folded):
-        modifiers = modifier_positions(tokenizer, prompts[b])
-        class_state = cond.embeds[b, modifiers.stop]
-        at = modifiers.start  # where the class word stands once the modifiers are gone
-        embeds[b] = torch.cat([bare.embeds[row, :at], class_state[None], bare.embeds[row, at + 1:]])
+        at = spans[b].start  # where the class word stands once the modifiers are gone
+        embeds[b] = torch.cat([bare.embeds[row, :at], cond.embeds[b, spans[b].stop][None], bare.embeds[row, at + 1:]])
         pooled[b] = bare.pooled[row]
     return cond.replace(embeds=torch.stack(embeds), pooled=torch.stack(pooled))
 

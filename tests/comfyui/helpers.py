@@ -30,6 +30,13 @@ def tiny_loader_node(comfy_sdxl):
     return TinyModels
 
 
+def proposal_sampler_inputs(**changes) -> dict:
+    """Inputs of a Proposal Sampler node on the tiny models of node "1" (see :func:`tiny_loader_node`)."""
+    return {"model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "prompt": "a photo of a blob", "negative": "",
+            "count": 3, "seed": 1, "steps": 2, "cfg": 4.0, "sampler": "euler", "width": 32, "height": 32,
+            "batch_size": 3, **changes}
+
+
 class StubServer:
     client_id = None
     last_node_id = None

@@ -11,7 +11,7 @@ from protagonist.core.chosen_one.identity_file import export_for_comfyui
 from protagonist.core.chosen_one.training import IdentityTraining, new_token, train_identity
 from protagonist.core.tiny_models import tiny_dinov2
 
-from .helpers import pack_module, run_prompt, tiny_loader_node
+from .helpers import pack_module, proposal_sampler_inputs, run_prompt, tiny_loader_node
 
 PARITY_TOLERANCE = 1e-4
 
@@ -65,12 +65,10 @@ def test_chosen_one_nodes_run_one_round_in_the_executor(comfy_nodes, comfy_sdxl,
 
     tiny_dinov2(0).save_pretrained(str(Path(folder_paths.get_folder_paths("dinov2")[0]) / "tiny"))
     comfy_nodes.NODE_CLASS_MAPPINGS["ProtagonistTest_TinyModels"] = tiny_loader_node(comfy_sdxl)
-    sampler = {"clip": ["1", 1], "vae": ["1", 2], "negative": "", "steps": 2, "cfg": 4.0, "sampler": "euler",
-               "width": 32, "height": 32, "batch_size": 8}
     prompt = {
         "1": {"class_type": "ProtagonistTest_TinyModels", "inputs": {}},
-        "2": {"class_type": "Protagonist_ProposalSampler", "inputs": {
-            **sampler, "model": ["1", 0], "prompt": "a photo of a blob", "count": 8, "seed": 1, "scenes": scenes}},
+        "2": {"class_type": "Protagonist_ProposalSampler", "inputs": proposal_sampler_inputs(
+            count=8, batch_size=8, scenes=scenes)},
         "3": {"class_type": "Protagonist_DINOv2Embed", "inputs": {"images": ["2", 0], "dinov2": "tiny",
                                                                   "resolution": 0}},
         "4": {"class_type": "Protagonist_KMeansCohesiveCluster", "inputs": {
@@ -81,9 +79,8 @@ def test_chosen_one_nodes_run_one_round_in_the_executor(comfy_nodes, comfy_sdxl,
             "init_word": "blob", "templates": "a photo of {}", "steps": 3, "batch_size": 2, "rank": 2, "alpha": 2.0,
             "lora_lr": 1e-3, "token_lr": 1e-3, "seed": 0, "overwrite": True, "scenes": scenes,
             "indices": ["4", 1]}},
-        "6": {"class_type": "Protagonist_ProposalSampler", "inputs": {
-            **sampler, "model": ["5", 0], "clip": ["5", 1], "prompt": "a photo of embedding:nodehero", "count": 2,
-            "seed": 5}},
+        "6": {"class_type": "Protagonist_ProposalSampler", "inputs": proposal_sampler_inputs(
+            model=["5", 0], clip=["5", 1], prompt="a photo of embedding:nodehero", count=2, seed=5, batch_size=8)},
         "7": {"class_type": "PreviewImage", "inputs": {"images": ["6", 0]}},
         "8": {"class_type": "PreviewImage", "inputs": {"images": ["5", 4]}},
     }

@@ -7,7 +7,7 @@ import torch
 
 from protagonist.core.sampling import cfg_guidance, sample, seeded_noise
 
-from .helpers import pack_module, run_prompt, tiny_loader_node
+from .helpers import pack_module, proposal_sampler_inputs, run_prompt, tiny_loader_node
 
 PARITY_TOLERANCE = 1e-4
 OUR_NODES = {"Protagonist_ProposalSampler", "Protagonist_DINOv2Embed", "Protagonist_KMeansCohesiveCluster",
@@ -69,10 +69,8 @@ def test_proposal_sampler_runs_in_comfyui(comfy_nodes, comfy_sdxl):
     comfy_nodes.NODE_CLASS_MAPPINGS["ProtagonistTest_TinyModels"] = tiny_loader_node(comfy_sdxl)
     prompt = {
         "1": {"class_type": "ProtagonistTest_TinyModels", "inputs": {}},
-        "2": {"class_type": "Protagonist_ProposalSampler", "inputs": {
-            "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "prompt": "a photo of a blob", "negative": "",
-            "count": 3, "seed": 11, "steps": 4, "cfg": 5.0, "sampler": "euler", "width": 32, "height": 32,
-            "batch_size": 2}},
+        "2": {"class_type": "Protagonist_ProposalSampler", "inputs": proposal_sampler_inputs(
+            seed=11, steps=4, cfg=5.0, batch_size=2)},
         "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}},
     }
     outputs, executor = run_prompt(prompt)

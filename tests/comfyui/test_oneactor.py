@@ -11,7 +11,7 @@ from protagonist.core.oneactor.identity import make_identity, save_identity
 from protagonist.core.oneactor.tuning import new_projector
 from protagonist.core.sampling import sample, seeded_noise
 
-from .helpers import pack_module, run_prompt, tiny_loader_node
+from .helpers import pack_module, proposal_sampler_inputs, run_prompt, tiny_loader_node
 
 CAPTURED: list = []
 
@@ -108,10 +108,7 @@ def test_trainer_scenes_follow_the_proposals_into_the_tuning(comfy_nodes, comfy_
     comfy_nodes.NODE_CLASS_MAPPINGS["ProtagonistTest_TinyModels"] = tiny_loader_node(comfy_sdxl)
     prompt = {
         "1": {"class_type": "ProtagonistTest_TinyModels", "inputs": {}},
-        "2": {"class_type": "Protagonist_ProposalSampler", "inputs": {
-            "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "prompt": "a photo of a blob", "negative": "",
-            "count": 3, "seed": 1, "steps": 2, "cfg": 4.0, "sampler": "euler", "width": 32, "height": 32,
-            "batch_size": 3, "scenes": scenes}},
+        "2": {"class_type": "Protagonist_ProposalSampler", "inputs": proposal_sampler_inputs(scenes=scenes)},
         "3": {"class_type": "Protagonist_OneActorProjectorTrainer", "inputs": {
             "model": ["1", 0], "clip": ["1", 1], "latents": ["2", 1], "features": ["2", 2], "target_index": 1,
             "base_word": "blob", "templates": "a photo of a {}", "steps": 1, "aux_per_batch": 2, "lr": 1e-4,
