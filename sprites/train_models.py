@@ -46,10 +46,10 @@ class Clock:
         return self.before + time.time() - self.start
 
 
-def sprite_batch(rng: np.random.Generator, n: int, grids: bool, prenominal_rate: float = PRENOMINAL_PROBABILITY
-                 ) -> tuple[torch.Tensor, list[str], torch.Tensor]:
-    """Images, captions and the masks [n, 1, H, W] of the pixels the characters cover; `prenominal_rate` is the
-    share of captions that name eyes and accessory as adjectives before the class word."""
+def sprite_batch(rng: np.random.Generator, n: int, grids: bool,
+                 prenominal_rate: float = PRENOMINAL_PROBABILITY) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+    """Images, captions and the masks [n, 1, H, W] of the pixels the characters cover; `prenominal_rate` is
+    the share of captions that name eyes and accessory as adjectives before the class word."""
     images, captions, masks = [], [], []
     for _ in range(n):
         identity = Identity.random(rng)
@@ -208,19 +208,21 @@ def hide_modifiers(backend, cond, prompts: list[str], rate: float, generator: to
 
 
 def strip_modifiers(prompt: str) -> str:
-    """The prompt without the words between "a" and the class word ("a one eyed red blob in …" → "a blob in …")."""
+    """The prompt without the words between "a" and the class word ("a one eyed blob in …" → "a blob in …")."""
     return f"a {CLASS_WORD}{prompt.partition(f' {CLASS_WORD}')[2]}"
 
 
 def fold_modifiers(backend, cond, prompts: list[str], rate: float, generator: torch.Generator):
-    """With probability `rate` per caption that has adjectives before the class word, the denoiser sees the caption
-    without them ("a blob in a forest, …", encoded alone) except for the class word's state, which comes from the
-    full caption. That is exactly what OneActor's word offset can give it at sampling time — one changed state
-    on the class word — so the text encoders learn to fold the adjectives into that state and the denoiser to
-    read them there, as it must from a CLIP noun in real SDXL. (:func:`hide_modifiers` leaves them readable from
-    the states of every word after the class word, which an offset on the class word does not reach.)"""
+    """With probability `rate` per caption that has adjectives before the class word, the denoiser sees the
+    caption without them ("a blob in a forest, …", encoded alone) except for the class word's state, which
+    comes from the full caption. That is exactly what OneActor's word offset can give it at sampling time —
+    one changed state on the class word — so the text encoders learn to fold the adjectives into that state
+    and the denoiser to read them there, as it must from a CLIP noun in real SDXL. (:func:`hide_modifiers`
+    leaves them readable from the states of every word after the class word, which an offset on the class
+    word does not reach.)"""
     if backend.family != "sdxl":
-        raise ValueError("folding modifiers needs one tokenization for every encoder (SDXL); FLUX's T5 differs")
+        raise ValueError("folding modifiers needs one tokenization for every encoder (SDXL); "
+                         "FLUX's T5 differs")
     tokenizer = next(iter(backend.tokenizers.values()))
     drawn = [bool(torch.rand((), generator=generator) < rate) for _ in prompts]
     spans = {b: modifier_positions(tokenizer, p) for b, p in enumerate(prompts) if drawn[b]}
@@ -231,7 +233,8 @@ def fold_modifiers(backend, cond, prompts: list[str], rate: float, generator: to
     embeds, pooled = list(cond.embeds.unbind(0)), list(cond.pooled.unbind(0))
     for row, b in enumerate(folded):
         at = spans[b].start  # where the class word stands once the modifiers are gone
-        embeds[b] = torch.cat([bare.embeds[row, :at], cond.embeds[b, spans[b].stop][None], bare.embeds[row, at + 1:]])
+        class_state = cond.embeds[b, spans[b].stop][None]
+        embeds[b] = torch.cat([bare.embeds[row, :at], class_state, bare.embeds[row, at + 1:]])
         pooled[b] = bare.pooled[row]
     return cond.replace(embeds=torch.stack(embeds), pooled=torch.stack(pooled))
 
@@ -358,8 +361,8 @@ def write_finetune_card(folder: Path, previous_card: str, args, losses, seconds:
         + (f", loss weight {args.sprite_weight} on the characters' pixels" if args.sprite_weight != 1.0 else "")
         + (f", the adjectives before the class word hidden from the denoiser in {args.hide_modifiers:.0%} of "
            "captions (`hide_modifiers`)" if args.hide_modifiers else "")
-        + (f", the adjectives before the class word folded into its state in {args.fold_modifiers:.0%} of captions "
-           "(`fold_modifiers`)" if args.fold_modifiers else ""),
+        + (f", the adjectives before the class word folded into its state in {args.fold_modifiers:.0%} of "
+           "captions (`fold_modifiers`)" if args.fold_modifiers else ""),
         *([f"* flow shift {FLUX_FLOW_SHIFT} for training noise levels and sampling (ComfyUI's FLUX default)"]
           if args.family == "flux" else []),
         *([f"* first the VAE: {args.vae_grid_steps} steps teaching it to code 2×2 grids as their four panels "
@@ -414,11 +417,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="share of captions whose words before the class word the denoiser cannot see "
                              "(their meaning then reaches it through the class word's state only)")
     parser.add_argument("--fold-modifiers", type=float, default=0.0,
-                        help="share of captions the denoiser sees without the words before the class word, "
-                             "except folded into the class word's state (what OneActor's word offset acts on)")
+                        help="share of captions the denoiser sees without the words before the class "
+                             "word, except folded into the class word's state (what OneActor's word "
+                             "offset acts on)")
     parser.add_argument("--prenominal", type=float, default=PRENOMINAL_PROBABILITY,
-                        help="share of captions naming eyes and accessory as adjectives before the class word "
-                             "(\"a one eyed hatted blob\") rather than after it (\"a blob with one eye and a hat\")")
+                        help="share of captions naming eyes and accessory as adjectives before the class "
+                             "word (\"a one eyed hatted blob\") rather than after it "
+                             "(\"a blob with one eye and a hat\")")
     parser.add_argument("--ema", type=float, default=0.0, help="EMA decay of the saved weights (0 = no EMA)")
     parser.add_argument("--vae-grid-steps", type=int, default=0,
                         help="with --finetune-from: first teach the VAE to code 2×2 grids as their four panels")
@@ -428,8 +433,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if (args.hide_modifiers or args.fold_modifiers) and args.family != "sdxl":
-        parser.error("--hide-modifiers and --fold-modifiers work for sdxl only: FLUX's T5 tokenizes the captions "
-                     "differently")
+        parser.error("--hide-modifiers and --fold-modifiers work for sdxl only: FLUX's T5 tokenizes the "
+                     "captions differently")
     torch.set_num_threads(args.threads)
     args.grid_every = (3 if args.family == "flux" else 0) if args.grid_every is None else args.grid_every
     run_dir = Path(args.run_dir or f"runs/sprite-{args.family}")
