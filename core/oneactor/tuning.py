@@ -129,12 +129,21 @@ def _step_loss(backend, projector, data: ProposalSet, template_conds, base_word,
     aux_count = min(settings.aux_per_batch, data.latents.shape[0] - 1)
     aux = 1 + torch.randperm(data.latents.shape[0] - 1, generator=generator)[:aux_count]
     picked = torch.cat([torch.zeros(1, dtype=torch.long), aux])
+    # The projector always sees the whole batch (its BatchNorm statistics are the paper's); the denoiser
+    # only sees the rows whose loss weight is not zero, so λ1 = λ2 = 0 costs one evaluation a step, not 2 + K.
     offsets = projector(data.features[picked].to(backend.device))  # [1 + K, width]
     offsets = torch.cat([offsets, offsets[1:].mean(dim=0, keepdim=True)])  # + the average condition
     images = torch.cat([picked, torch.zeros(1, dtype=torch.long)])
-    latents = data.latents[images].to(backend.device)
+    weights = loss_weights(settings, aux_count)
+    live = weights != 0
+    latents = data.latents[images[live]].to(backend.device)
     choice = torch.randint(0, len(template_conds), (latents.shape[0],), generator=generator).tolist()
-    cond = concat_conditionings([template_conds[c][i] for c, i in zip(choice, images.tolist())])
-    cond = apply_word_offset(cond, WordOffset(base_word, offsets))
+    cond = concat_conditionings([template_conds[c][i] for c, i in zip(choice, images[live].tolist())])
+    cond = apply_word_offset(cond, WordOffset(base_word, offsets[live]))
     errors = per_sample(denoising_error(backend, latents, cond, generator, settings.noisiest_share))
-    return errors[0] + settings.lambda_aux * errors[1:-1].mean() + settings.lambda_aver * errors[-1]
+    return (weights[live].to(errors) * errors).sum()
+
+
+def loss_weights(settings: OneActorTuning, aux_count: int) -> torch.Tensor:
+    """Per-row weights of [target, aux…, average]: L_tar + λ1·mean(L_aux) + λ2·L_aver."""
+    return torch.tensor([1.0] + [settings.lambda_aux / aux_count] * aux_count + [settings.lambda_aver])

@@ -143,3 +143,33 @@ def test_base_word_missing_from_the_prompt_lists_its_words(tiny_sdxl_backend):
         width = tiny_sdxl_backend.encode_prompts([""]).embeds.shape[-1]
         cluster_guided_terms(tiny_sdxl_backend, ["a blob on the beach"], "", "cat", torch.zeros(width),
                              torch.zeros(width), ClusterGuidance(), (32, 32))
+
+
+def test_zero_loss_weights_skip_their_denoiser_passes(tiny_sdxl_backend, proposals):
+    data = ProposalSet.from_proposals(proposals, target=0, image_size=(32, 32))
+    rows = []
+    handle = tiny_sdxl_backend.denoiser.register_forward_pre_hook(
+        lambda module, args, kwargs: rows.append(args[0].shape[0] if args else kwargs["sample"].shape[0]),
+        with_kwargs=True)
+    try:
+        tune_projector(tiny_sdxl_backend, data, "blob", OneActorTuning(steps=2, aux_per_batch=3))
+        paper = list(rows)
+        rows.clear()
+        tuned = tune_projector(tiny_sdxl_backend, data, "blob",
+                               OneActorTuning(steps=2, aux_per_batch=3, lambda_aux=0.0, lambda_aver=0.0))
+        rows_target_only = list(rows)
+        rows.clear()
+        tune_projector(tiny_sdxl_backend, data, "blob", OneActorTuning(steps=2, aux_per_batch=3, lambda_aux=0.0))
+    finally:
+        handle.remove()
+    assert paper == [5, 5]  # target + 3 auxiliaries + the average condition
+    assert rows_target_only == [1, 1]
+    assert rows == [2, 2]  # target + the average condition
+    assert tuned.losses[0] > 0
+
+
+def test_loss_weights_are_the_papers_objective():
+    from protagonist.core.oneactor.tuning import loss_weights
+
+    weights = loss_weights(OneActorTuning(lambda_aux=0.5, lambda_aver=0.3), aux_count=2)
+    assert torch.allclose(weights, torch.tensor([1.0, 0.25, 0.25, 0.3]))
