@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -88,6 +89,21 @@ def generate_proposals(
 
 def with_scene(prompt: str, scene: str) -> str:
     return f"{prompt} {scene}" if scene else prompt
+
+
+def prompt_template(prompt: str, base_word: str) -> str:
+    """`prompt` as a tuning template: its first whole-word `base_word` becomes "{}" ("a red {} with a hat").
+
+    Training on the proposals' own prompt teaches an identity (a word offset, a token) only what that prompt
+    leaves unnamed, which is what it has to add at sampling time to prompts that start the same way.
+    """
+    template, found = re.subn(rf"\b{re.escape(base_word)}\b", "{}", prompt.replace("{", "{{").replace("}", "}}"),
+                              count=1, flags=re.IGNORECASE)
+    if not found:
+        words = sorted(set(re.findall(r"[\w<>-]+", prompt.lower())))
+        raise ProtagonistError(f"the base word {base_word!r} does not occur in the prompt {prompt!r}; its words "
+                               f"are {words}")
+    return template
 
 
 def scene_prompts(prompt: str, scenes: Sequence[str], count: int) -> list[str]:

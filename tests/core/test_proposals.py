@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from protagonist.core.interface import ProtagonistError
-from protagonist.core.proposals import ProposalSettings, generate_proposals
+from protagonist.core.proposals import ProposalSettings, generate_proposals, prompt_template
 
 SETTINGS = ProposalSettings(count=4, seed=5, steps=2, cfg=3.0, height=32, width=32, batch_size=3)
 
@@ -24,3 +24,11 @@ def test_one_prompt_per_image_equals_each_prompt_on_its_own(tiny_sdxl_backend):
 def test_a_prompt_list_must_have_one_prompt_per_proposal(tiny_sdxl_backend):
     with pytest.raises(ProtagonistError, match="3 prompts for 4 proposals"):
         generate_proposals(tiny_sdxl_backend, ["a blob"] * 3, "", SETTINGS)
+
+
+def test_a_prompt_becomes_a_template_at_its_first_whole_base_word():
+    assert prompt_template("a yellow blob with a hat", "blob") == "a yellow {} with a hat"
+    template = prompt_template("a Blobby {odd} Blob and a blob", "blob")
+    assert template.format("<x>") == "a Blobby {odd} <x> and a blob"  # braces kept, only the first whole word
+    with pytest.raises(ProtagonistError, match=r"'blob' does not occur in the prompt 'a red man'.*'man', 'red'"):
+        prompt_template("a red man", "blob")
