@@ -13,6 +13,7 @@ from ...core.chosen_one.loop import run_chosen_one
 from ...core.chosen_one.presets import preset
 from ...core.chosen_one.training import LearnedIdentity, new_token, train_identity
 from ...core.embedding import embed_images
+from ...core.proposals import prompt_template
 from ...sprites.attributes import ATTRIBUTES, Context
 from ...sprites.captions import context_phrase
 from ...sprites.world import random_contexts, render_batch
@@ -63,19 +64,28 @@ def held_out_scenes(character: Character) -> tuple[str, ...]:
     return tuple(scene for scene in sprite_scenes() if scene not in character.contexts)
 
 
+#: `identity_prompt` that stands for the character's own subject with the token in place of the class word.
+SUBJECT = "subject"
+
+
 def _sprite_settings(preset_name: str, character: Character, seed: int, identity_prompt: str, class_word: str,
                      overrides: dict | None):
-    sprite_world = {**SPRITE_WORLD, **(SPRITE_WORLD_FAST if preset_name == "fast" else {})}
+    overrides = {**SPRITE_WORLD, **(SPRITE_WORLD_FAST if preset_name == "fast" else {}), **(overrides or {})}
+    identity_prompt = overrides.pop("identity_prompt", identity_prompt)
+    if identity_prompt == SUBJECT:
+        identity_prompt = prompt_template(character.subject, class_word)
+        overrides["training.templates"] = (identity_prompt,)
     settings = preset(preset_name, character.subject, class_word, identity_prompt, size=(32, 32), seed=seed,
                       token_name=f"<hero{seed}>")
-    overrides = {**sprite_world, **(overrides or {})}
     if overrides.get("scenes") == "held-out":
         overrides["scenes"] = held_out_scenes(character)
     return apply_overrides(settings, overrides)
 
 
 class ChosenOneMethod:
-    """`preset` settings; prompts "subject context" become "a <token> context" once an identity exists."""
+    """`preset` settings; prompts "subject context" become "a <token> context" once an identity exists
+    (with `identity_prompt=SUBJECT`, "a yellow <token> with a hat context": the subject with the token for
+    the class word, which is then also the training template)."""
 
     def __init__(self, preset_name: str, embedder, run_root: Path, class_word: str = "blob",
                  identity_prompt: str = "a {}", overrides: dict | None = None):

@@ -51,3 +51,17 @@ def test_pure_cluster_in_scenes_is_drawn_in_those_scenes_and_captioned_with_them
     for i, caption in enumerate(captions):
         names = reading.names(i)
         assert caption == f"{'in a forest' if names['background'] == 'forest' else 'at night'}, on the {names['position']}"
+
+
+def test_subject_identity_prompt_puts_the_token_in_the_subject_and_trains_on_it():
+    character = Character("a red blob with a hat", ["on a beach, on the left"])
+    settings = chosen_one._sprite_settings("fast", character, 5, chosen_one.SUBJECT, "blob", None)
+    assert settings.identity_prompt == "a red {} with a hat"
+    assert settings.training.templates == ("a red {} with a hat",)
+    assert settings.prompt == "a red blob with a hat"
+    plain = chosen_one._sprite_settings("fast", character, 5, "a {}", "blob", None)
+    assert plain.identity_prompt == "a {}" and plain.training.templates == ("a {}",)
+    from_set = chosen_one._sprite_settings("fast", character, 5, "a {}", "blob", {"identity_prompt": "subject"})
+    assert from_set.identity_prompt == "a red {} with a hat"
+    assert chosen_one._sprite_settings("fast", character, 5, "a {}", "blob",
+                                       {"identity_prompt": "a {} blob"}).identity_prompt == "a {} blob"
