@@ -28,9 +28,9 @@ METHODS = {
     "chosen-one-fast": lambda embedder, out, sets: ChosenOneMethod("fast", embedder, out / "runs", overrides=sets),
     "chosen-one-fast-pure-cluster": lambda embedder, out, sets: PureClusterCeiling("fast", overrides=sets),
     "oneactor": lambda embedder, out, sets: OneActorMethod(overrides=sets),
+    # The same recipe without the auxiliary term (η2 = 0): guided sampling at plain CFG's cost.
     "oneactor-no-aux": lambda embedder, out, sets: OneActorMethod(
-        "oneactor-no-aux", recipe=OneActorRecipe(guidance=replace(OneActorRecipe().guidance, eta_target=5.0, eta_aux=0.0,
-                                                                   semantic_scale=0.8)),
+        "oneactor-no-aux", recipe=OneActorRecipe(guidance=replace(OneActorRecipe().guidance, eta_aux=0.0)),
         overrides=sets),
 }
 
