@@ -64,7 +64,10 @@ def held_out_scenes(character: Character) -> tuple[str, ...]:
     return tuple(scene for scene in sprite_scenes() if scene not in character.contexts)
 
 
-#: `identity_prompt` that stands for the character's own subject with the token in place of the class word.
+#: `identity_prompt` that stands for the character's own subject with the token in place of the class word
+#: ("a yellow {} with a hat"), which is then also the training template: the token and LoRA need only learn
+#: what the subject leaves unnamed. Session 13, 20 characters: `fast` 62.0 → 68.5 %, its pure-cluster ceiling
+#: 79.0 → 81.5 %, against "a {}" (`--set chosen-one-fast:identity_prompt="a {}"`).
 SUBJECT = "subject"
 
 
@@ -83,12 +86,12 @@ def _sprite_settings(preset_name: str, character: Character, seed: int, identity
 
 
 class ChosenOneMethod:
-    """`preset` settings; prompts "subject context" become "a <token> context" once an identity exists
-    (with `identity_prompt=SUBJECT`, "a yellow <token> with a hat context": the subject with the token for
-    the class word, which is then also the training template)."""
+    """`preset` settings; prompts "subject context" become "a yellow <token> with a hat context" (the subject
+    with the token for the class word; `identity_prompt="a {}"`: "a <token> context") once an identity
+    exists."""
 
     def __init__(self, preset_name: str, embedder, run_root: Path, class_word: str = "blob",
-                 identity_prompt: str = "a {}", overrides: dict | None = None):
+                 identity_prompt: str = SUBJECT, overrides: dict | None = None):
         self.name = f"chosen-one-{preset_name}"
         self.preset_name, self.embedder, self.run_root = preset_name, embedder, Path(run_root)
         self.class_word, self.identity_prompt = class_word, identity_prompt
@@ -134,7 +137,7 @@ class PureClusterCeiling:
     proposals. Below `named-identity`, it is the training step that limits consistency; above the loop's
     row, the clusters the loop finds do."""
 
-    def __init__(self, preset_name: str = "fast", class_word: str = "blob", identity_prompt: str = "a {}",
+    def __init__(self, preset_name: str = "fast", class_word: str = "blob", identity_prompt: str = SUBJECT,
                  overrides: dict | None = None):
         self.name = f"chosen-one-{preset_name}-pure-cluster"
         self.preset_name, self.class_word, self.identity_prompt = preset_name, class_word, identity_prompt

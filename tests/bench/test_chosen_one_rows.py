@@ -28,10 +28,10 @@ def test_ceiling_trains_the_fast_recipe_once_on_the_pure_cluster(monkeypatch):
     monkeypatch.setattr(chosen_one, "train_identity", fake_train)
     character = Character("a red blob", ["on a beach, on the left"])
     state = chosen_one.PureClusterCeiling().prepare(None, character, seed=5)
-    fast = chosen_one._sprite_settings("fast", character, 5, "a {}", "blob", None)
+    fast = chosen_one._sprite_settings("fast", character, 5, chosen_one.SUBJECT, "blob", None)
     assert seen["settings"] == fast.training and seen["token"] == ("<hero5>", "blob")
     assert seen["images"].shape == (16, 3, 32, 32)
-    assert state.identity == "identity" and state.subject_prompt == "a <hero5>"
+    assert state.identity == "identity" and state.subject_prompt == "a red <hero5>"
 
 
 def test_held_out_scenes_are_every_sprite_scene_but_the_characters_own():
