@@ -2,7 +2,8 @@
 
 Every round is persisted to `run_dir/round_NN/` (proposals, embeddings, chosen cluster, identity,
 metrics); `round.json` is written last, so a run interrupted at any point resumes after its last
-complete round and, for the same seed, ends exactly where an uninterrupted run ends.
+complete round and, for the same seed, ends exactly where an uninterrupted run ends. `settings.json`
+records what shaped the rounds, so that a run folder is never resumed with other settings.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from safetensors.torch import load_file
 
 from ..adapters import lora_applied
 from ..checkpoint import atomic_save_tensors, atomic_write_json
-from ..interface import DiffusionBackend
+from ..interface import DiffusionBackend, ProtagonistError
 from ..proposals import ProposalSettings, generate_proposals, scene_prompts, scenes_for
 from ..training import TrainingDiverged
 from .clustering import check_cluster_settings, mean_pairwise_distance, most_cohesive_cluster
@@ -142,6 +143,38 @@ def _save_round(directory: Path, proposals, embeddings, choice, identity, spread
     return result
 
 
+# Settings a resumed run may change: they decide when the loop stops and which round it returns, or how many
+# proposals share a batch (each image has its own seed), not what the completed rounds hold.
+RESUMABLE_CHANGES = frozenset({"max_rounds", "convergence_ratio", "convergence_threshold", "keep_tightest",
+                               "proposals.batch_size"})
+
+
+def _round_settings(settings: ChosenOneSettings) -> dict:
+    """The settings that shape every round, flattened to dotted names, as JSON gives them back."""
+    flat = {}
+    for key, value in asdict(settings).items():
+        items = value.items() if isinstance(value, dict) else [(None, value)]
+        for sub, inner in items:
+            name = key if sub is None else f"{key}.{sub}"
+            if name not in RESUMABLE_CHANGES:
+                flat[name] = inner
+    return json.loads(json.dumps(flat))
+
+
+def _check_same_run(run_dir: Path, settings: ChosenOneSettings) -> None:
+    """Record the run's settings, or refuse to resume rounds that other settings made."""
+    current, path = _round_settings(settings), run_dir / "settings.json"
+    if not path.exists():
+        atomic_write_json(current, path)
+        return
+    saved = json.loads(path.read_text())
+    changed = [f"{k}: {saved.get(k)!r} → {current.get(k)!r}" for k in sorted(current.keys() | saved.keys())
+               if saved.get(k) != current.get(k)]
+    if changed:
+        raise ProtagonistError(f"{run_dir} holds rounds made with other settings ({'; '.join(changed)}); give the "
+                               "run another name to start a new one, or put the settings back to resume it")
+
+
 def _threshold(settings: ChosenOneSettings, first_spread: float) -> float:
     if settings.convergence_threshold is not None:
         return settings.convergence_threshold
@@ -159,6 +192,7 @@ def run_chosen_one(backend: DiffusionBackend, settings: ChosenOneSettings, embed
     check_cluster_settings(settings.proposals.count, settings.clusters, settings.min_cluster_size)
     new_token(backend, settings.token_name, settings.init_word)  # fail early on a bad initialiser
     run_dir = Path(run_dir)
+    _check_same_run(run_dir, settings)
     rounds = _completed_rounds(run_dir)
     identity = load_identity(_round_dir(run_dir, len(rounds) - 1) / "identity.safetensors") if rounds else None
     if rounds:

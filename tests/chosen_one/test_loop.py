@@ -144,3 +144,18 @@ def test_tightest_round_reads_each_identity_by_the_proposals_it_drew():
     rounds = [RoundResult(i, spread, [], [], None) for i, spread in enumerate([10.0, 4.0, 6.0])]
     assert tightest_round(rounds, final_spread=5.0) == 0
     assert tightest_round(rounds, final_spread=3.0) == 2
+
+
+def test_resuming_with_other_settings_is_refused_and_keeps_the_rounds(tiny_sdxl_backend, embed, tmp_path):
+    run_chosen_one(tiny_sdxl_backend, _settings(max_rounds=1), embed, tmp_path)
+    kept = (tmp_path / "round_00" / "identity.safetensors").read_bytes()
+    with pytest.raises(ProtagonistError, match=r"other settings \(prompt: 'a photo of a red blob' → 'a photo of a "
+                                               r"blue blob'\); give the run another name"):
+        run_chosen_one(tiny_sdxl_backend, _settings(prompt="a photo of a blue blob"), embed, tmp_path)
+    with pytest.raises(ProtagonistError, match=r"training.steps: 2 → 3"):
+        run_chosen_one(tiny_sdxl_backend, _settings(training=IdentityTraining(steps=3, lora_lr=1e-3, token_lr=1e-2)),
+                       embed, tmp_path)
+    assert (tmp_path / "round_00" / "identity.safetensors").read_bytes() == kept
+    more = _settings(max_rounds=2, keep_tightest=True)
+    more.proposals.batch_size = 3  # stopping, selection and batching may change on resume
+    assert [r.index for r in run_chosen_one(tiny_sdxl_backend, more, embed, tmp_path).rounds] == [0, 1]
