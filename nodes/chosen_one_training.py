@@ -114,7 +114,8 @@ class ChosenOneLoop(io.ComfyNode):
             node_id="Protagonist_ChosenOneLoop", display_name="The Chosen One (Protagonist)",
             category="Protagonist/The Chosen One",
             description="The whole loop: proposals, DINOv2 clusters, LoRA + token, repeated until consistent. "
-                        "Each round is kept in output/protagonist_runs/<name>; run again to resume.",
+                        "Each round is kept in output/protagonist_runs/<name>; run again with the same settings "
+                        "to resume (other settings are refused: give them another name).",
             inputs=[
                 io.Model.Input("model", tooltip="An SDXL model."),
                 io.Clip.Input("clip", tooltip="Its text encoders."),
