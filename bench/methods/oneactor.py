@@ -30,10 +30,11 @@ class OneActorRecipe:
     # The paper's η1 = 8 (with SDXL's CFG 7.5) and v = 1 instead of 0.8: with this recipe on SDXL stage 7,
     # 20 characters, consistency 34 % → 46 % at 99 → 95 % prompt conformity (session 9). On the stage-4 model
     # η1 = 8 had over-saturated the images; η1 = 6 was used until then.
-    # Cluster guidance on every step instead of the paper's first 20 of 30: the last third decides the pattern
-    # and the eyes, which plain CFG (scale 3 here) let drift (session 13, 24 characters: 64.5 → 71.7 %).
+    # Cluster guidance on the paper's first 20 of 30 steps. On every step (`guidance.cluster_fraction=1.0`) it
+    # scored 71.7 % on 24 characters at the bench's seeds, but 48.3 / 50.8 % on seeds 2M / 3M where 20 of 30
+    # gave 45.8 / 59.6 %: no better on average, for 1.5× instead of 1.33× plain CFG's evaluations (session 13).
     guidance: ClusterGuidance = field(default_factory=lambda: ClusterGuidance(
-        eta_target=8.0, eta_aux=1.0, semantic_scale=1.0, cfg=3.0, cluster_fraction=1.0))
+        eta_target=8.0, eta_aux=1.0, semantic_scale=1.0, cfg=3.0))
     target: int = 0
     # "held-out": proposal i is prompted with the i-th sprite scene the character's benchmark prompts do not
     # use, and its tuning captions end with that scene (as the Chosen One's `scenes`); () for none. Without
@@ -42,7 +43,8 @@ class OneActorRecipe:
     # True: the tuning captions are the character's subject prompt, the one its proposals are drawn from, with
     # "{}" for the base word ("a yellow {} with a hat" + the scene) instead of `tuning.templates`, as the paper
     # tunes on its proposals' own prompt. The sampling prompts start with that subject too, so the offset
-    # only has to carry what the subject leaves unnamed (session 13, 20 characters: 55.0 → 64.5 %).
+    # only has to carry what the subject leaves unnamed (session 13, 20 characters at seed 1M: 55.0 → 64.5 %;
+    # 24 characters at seeds 2M / 3M: 40.8 → 45.8 % and 51.2 → 59.6 %).
     subject_captions: bool = True
 
 
