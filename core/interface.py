@@ -12,6 +12,7 @@ Conventions inside the core:
 from __future__ import annotations
 
 import contextlib
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -23,6 +24,17 @@ from .schedules import NoiseSchedule
 
 class ProtagonistError(ValueError):
     """A user-facing error: the message says what was wrong and what to do."""
+
+
+def whole_word_pattern(word: str) -> str:
+    """A regex for `word` as a prompt's own word: not inside a longer word or a <token> name."""
+    return r"(?<![\w<])" + re.escape(word) + r"(?![\w>])"
+
+
+def missing_word_error(word: str, prompt: str) -> ProtagonistError:
+    """The error for a word a prompt lacks, listing the prompt's words so the user can pick one."""
+    words = sorted(set(re.findall(r"[\w<>-]+", prompt.lower())))
+    return ProtagonistError(f"the word {word!r} does not occur in the prompt {prompt!r}; its words are {words}")
 
 
 @dataclass

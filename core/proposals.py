@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .interface import DiffusionBackend, ProtagonistError, TokenEmbedding
+from .interface import DiffusionBackend, ProtagonistError, TokenEmbedding, missing_word_error, whole_word_pattern
 from .sampling import StepCallback, cfg_guidance, sample, seeded_noise
 
 
@@ -97,12 +97,10 @@ def prompt_template(prompt: str, base_word: str) -> str:
     Training on the proposals' own prompt teaches an identity (a word offset, a token) only what that prompt
     leaves unnamed, which is what it has to add at sampling time to prompts that start the same way.
     """
-    template, found = re.subn(rf"\b{re.escape(base_word)}\b", "{}", prompt.replace("{", "{{").replace("}", "}}"),
-                              count=1, flags=re.IGNORECASE)
+    template, found = re.subn(whole_word_pattern(base_word), "{}", prompt.replace("{", "{{").replace("}", "}}"), count=1,
+                              flags=re.IGNORECASE)
     if not found:
-        words = sorted(set(re.findall(r"[\w<>-]+", prompt.lower())))
-        raise ProtagonistError(f"the base word {base_word!r} does not occur in the prompt {prompt!r}; its words "
-                               f"are {words}")
+        raise missing_word_error(base_word, prompt)
     return template
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..interface import ProtagonistError, TokenEmbedding
+from ..interface import ProtagonistError, TokenEmbedding, missing_word_error, whole_word_pattern
 
 
 @dataclass
@@ -26,7 +26,7 @@ class TokenizedPrompt:
 def _span_pattern(names: list[str], word: str | None) -> re.Pattern | None:
     parts = [re.escape(n) for n in sorted(names, key=len, reverse=True)]
     if word:
-        parts.append(r"(?<![\w<])" + re.escape(word) + r"(?![\w>])")
+        parts.append(whole_word_pattern(word))
     return re.compile("(" + "|".join(parts) + ")", re.IGNORECASE) if parts else None
 
 
@@ -71,9 +71,7 @@ def check_word(prompts: list[str], tokenized: list[TokenizedPrompt], word: str |
         return
     for prompt, tok in zip(prompts, tokenized):
         if not tok.word_positions:
-            words = sorted(set(re.findall(r"[\w<>-]+", prompt.lower())))
-            raise ProtagonistError(
-                f"the word {word!r} does not occur in the prompt {prompt!r}; its words are {words}")
+            raise missing_word_error(word, prompt)
 
 
 def tokenize_batch(tokenizer, prompts, max_length, tokens, word, stand_in_id):

@@ -30,5 +30,6 @@ def test_a_prompt_becomes_a_template_at_its_first_whole_base_word():
     assert prompt_template("a yellow blob with a hat", "blob") == "a yellow {} with a hat"
     template = prompt_template("a Blobby {odd} Blob and a blob", "blob")
     assert template.format("<x>") == "a Blobby {odd} <x> and a blob"  # braces kept, only the first whole word
+    assert prompt_template("a <blob> blob", "blob") == "a <blob> {}"  # as the encoders find it: not in a token
     with pytest.raises(ProtagonistError, match=r"'blob' does not occur in the prompt 'a red man'.*'man', 'red'"):
         prompt_template("a red man", "blob")
