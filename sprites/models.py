@@ -153,31 +153,6 @@ def load_for_finetuning(family: str, folder: Path) -> dict:
     return parts
 
 
-def grow_single_blocks(transformer, extra: int):
-    """The FLUX transformer with `extra` more single blocks after its own, computing the same function.
-
-    The new blocks' output projections start at zero, so each adds nothing to its residual stream
-    until training moves it: a trained model gains depth without losing what it learnt.
-    """
-    from diffusers import FluxTransformer2DModel
-
-    if extra < 1:
-        raise ValueError(f"grow by at least one single block, got {extra}")
-    config = dict(transformer.config)
-    old = config["num_single_layers"]
-    config["num_single_layers"] = old + extra
-    grown = FluxTransformer2DModel.from_config(config).to(transformer.dtype)
-    missing, unexpected = grown.load_state_dict(transformer.state_dict(), strict=False)
-    new_prefixes = tuple(f"single_transformer_blocks.{i}." for i in range(old, old + extra))
-    if unexpected or any(not key.startswith(new_prefixes) for key in missing):
-        raise ValueError(f"the transformer's weights do not fit the grown layout: {unexpected or missing}")
-    with torch.no_grad():
-        for block in grown.single_transformer_blocks[old:]:
-            block.proj_out.weight.zero_()
-            block.proj_out.bias.zero_()
-    return grown
-
-
 def load_sprite_model(family: str = "sdxl", device: str = "cpu"):
     """The shipped trained sprite model of `family`, through the same loader as real checkpoints."""
     folder = SDXL_DIR if family == "sdxl" else FLUX_DIR

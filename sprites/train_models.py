@@ -30,15 +30,7 @@ from .captions import (
     random_caption,
     random_grid_caption,
 )
-from .models import (
-    FLUX_DIR,
-    FLUX_FLOW_SHIFT,
-    SDXL_DIR,
-    build_flux,
-    build_sdxl,
-    grow_single_blocks,
-    load_for_finetuning,
-)
+from .models import FLUX_DIR, FLUX_FLOW_SHIFT, SDXL_DIR, build_flux, build_sdxl, load_for_finetuning
 from .world import render_grid_with_mask, render_with_mask, split_grid, tile_grid
 
 log = logging.getLogger(__name__)
@@ -170,10 +162,9 @@ def standardise_latents(vae, scale: float, shift: float, seed: int) -> dict:
 
 def denoiser_loss(backend, images, captions, generator, drop_rate: float = 0.1,
                   pixel_weights: torch.Tensor | None = None, hide_rate: float = 0.0,
-                  fold_rate: float = 0.0, noisiest_share: float = 1.0) -> torch.Tensor:
+                  fold_rate: float = 0.0) -> torch.Tensor:
     """Mean denoising error; `pixel_weights` [B, 1, H, W] weight it where they fall in latent space;
-    `hide_rate`: see :func:`hide_modifiers`; `fold_rate`: see :func:`fold_modifiers`; `noisiest_share` < 1
-    draws the noise levels from that noisiest share of the schedule only."""
+    `hide_rate`: see :func:`hide_modifiers`; `fold_rate`: see :func:`fold_modifiers`."""
     keep = torch.rand(len(captions), generator=generator) >= drop_rate
     prompts = [c if k else "" for c, k in zip(captions, keep.tolist())]
     size = tuple(images.shape[-2:])
@@ -184,7 +175,7 @@ def denoiser_loss(backend, images, captions, generator, drop_rate: float = 0.1,
         cond = hide_modifiers(backend, cond, prompts, hide_rate, generator)
     if fold_rate > 0:
         cond = fold_modifiers(backend, cond, prompts, fold_rate, generator)
-    error = denoising_error(backend, latents, cond, generator, noisiest_share)
+    error = denoising_error(backend, latents, cond, generator)
     if pixel_weights is None:
         return error.mean()
     weights = torch.nn.functional.adaptive_avg_pool2d(pixel_weights, latents.shape[-2:])
@@ -263,10 +254,9 @@ def exponential_average(modules: dict, decay: float):
 def train_denoiser(backend, steps: int, batch: int, run_dir: Path, seed: int, grid_every: int = 0,
                    lr: float = 4e-4, ema_decay: float = 0.0,
                    sprite_weight: float = 1.0, hide_rate: float = 0.0,
-                   prenominal_rate: float = PRENOMINAL_PROBABILITY, fold_rate: float = 0.0,
-                   grid_noise_share: float = 1.0) -> tuple[list[float], float]:
-    """Denoiser + text encoders; every `grid_every`-th step is a batch of 2×2 grids (0 = never), its noise
-    levels from the noisiest `grid_noise_share` of the schedule.
+                   prenominal_rate: float = PRENOMINAL_PROBABILITY, fold_rate: float = 0.0
+                   ) -> tuple[list[float], float]:
+    """Denoiser + text encoders; every `grid_every`-th step is a batch of 2×2 grids (0 = never).
 
     With `ema_decay` > 0 the modules end with the exponential moving average of their weights;
     `sprite_weight` > 1 weights the loss on the characters' pixels over the background's.
@@ -288,7 +278,7 @@ def train_denoiser(backend, steps: int, batch: int, run_dir: Path, seed: int, gr
             group["lr"] = lr * min(1.0, (step + 1) / 200) * (0.1 + 0.9 * (1 - step / steps))
         loss = denoiser_loss(backend, images, captions, torch.Generator().manual_seed(seed + step),
                              pixel_weights=sprite_weights(masks, sprite_weight), hide_rate=hide_rate,
-                             fold_rate=fold_rate, noisiest_share=grid_noise_share if grids else 1.0)
+                             fold_rate=fold_rate)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -351,8 +341,6 @@ def write_card(folder: Path, family: str, args, vae_losses, losses, stats: dict,
 
 def _stage_title(args) -> str:
     parts = ["the VAE taught to code 2×2 grids as their four panels"] if args.vae_grid_steps else []
-    if args.grow_single_blocks:
-        parts.append(f"{args.grow_single_blocks} more single blocks")
     if args.sprite_weight != 1.0:
         parts.append(f"the characters' pixels weighted {args.sprite_weight:g}×")
     if args.hide_modifiers or args.fold_modifiers:
@@ -370,8 +358,6 @@ def write_finetune_card(folder: Path, previous_card: str, args, losses, seconds:
         f"{args.prenominal:.0%} of them.",
         f"* {args.steps} steps × {args.batch}, learning rate {args.lr}, EMA decay {args.ema} (the EMA weights are saved)"
         + (f", one batch of grids every {args.grid_every} steps" if args.grid_every else "")
-        + (f", the grid batches' noise levels from the noisiest {args.grid_noise_share:.0%} of the schedule"
-           if args.grid_every and args.grid_noise_share < 1 else "")
         + (f", loss weight {args.sprite_weight} on the characters' pixels" if args.sprite_weight != 1.0 else "")
         + (f", the adjectives before the class word hidden from the denoiser in {args.hide_modifiers:.0%} of "
            "captions (`hide_modifiers`)" if args.hide_modifiers else "")
@@ -379,8 +365,6 @@ def write_finetune_card(folder: Path, previous_card: str, args, losses, seconds:
            "captions (`fold_modifiers`)" if args.fold_modifiers else ""),
         *([f"* flow shift {FLUX_FLOW_SHIFT} for training noise levels and sampling (ComfyUI's FLUX default)"]
           if args.family == "flux" else []),
-        *([f"* the transformer grown by {args.grow_single_blocks} single blocks whose output projections start "
-           "at zero (`grow_single_blocks`: the same function, more depth to train)"] if args.grow_single_blocks else []),
         *([f"* first the VAE: {args.vae_grid_steps} steps teaching it to code 2×2 grids as their four panels "
            f"(`finetune_vae_on_grids`), {vae_seconds:.0f} s"] if args.vae_grid_steps else []),
         f"* final loss {np.mean(losses[-200:]):.4f}; {seconds:.0f} s on {torch.get_num_threads()} CPU threads",
@@ -389,8 +373,7 @@ def write_finetune_card(folder: Path, previous_card: str, args, losses, seconds:
             f"<previous stage folder> --steps {args.steps} --lr {args.lr} --ema {args.ema} --grid-every {args.grid_every} "
             f"--sprite-weight {args.sprite_weight} --vae-grid-steps {args.vae_grid_steps} "
             f"--hide-modifiers {args.hide_modifiers} --fold-modifiers {args.fold_modifiers} "
-            f"--prenominal {args.prenominal} --grid-noise-share {args.grid_noise_share} "
-            f"--grow-single-blocks {args.grow_single_blocks} --seed {args.seed}`",
+            f"--prenominal {args.prenominal} --seed {args.seed}`",
     ]
     (folder / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
 
@@ -399,8 +382,6 @@ def finetune(args, run_dir: Path, folder: Path) -> int:
     source = Path(args.finetune_from)
     previous_card = (source / "MODEL_CARD.md").read_text()
     parts = load_for_finetuning(args.family, source)
-    if args.grow_single_blocks:
-        parts["transformer"] = grow_single_blocks(parts["transformer"], args.grow_single_blocks)
     vae_seconds = 0.0
     if args.vae_grid_steps:
         _, vae_seconds = finetune_vae_on_grids(parts["vae"], args.vae_grid_steps, args.batch, run_dir / "vae-grids",
@@ -410,8 +391,7 @@ def finetune(args, run_dir: Path, folder: Path) -> int:
     losses, seconds = train_denoiser(backend, args.steps, args.batch, run_dir / "finetune", args.seed,
                                      args.grid_every, lr=args.lr, ema_decay=args.ema,
                                      sprite_weight=args.sprite_weight, hide_rate=args.hide_modifiers,
-                                     prenominal_rate=args.prenominal, fold_rate=args.fold_modifiers,
-                                     grid_noise_share=args.grid_noise_share)
+                                     prenominal_rate=args.prenominal, fold_rate=args.fold_modifiers)
     size = save_pipeline(args.family, parts, folder)
     write_finetune_card(folder, previous_card, args, losses, seconds, size, vae_seconds)
     atomic_write_json({"losses": losses, "seconds": seconds}, run_dir / "finetune-curves.json")
@@ -444,14 +424,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="share of captions naming eyes and accessory as adjectives before the class "
                              "word (\"a one eyed hatted blob\") rather than after it "
                              "(\"a blob with one eye and a hat\")")
-    parser.add_argument("--grid-noise-share", type=float, default=1.0,
-                        help="grid batches draw their noise levels from this noisiest share of the schedule "
-                             "(where a grid's panels must agree on one character; 1 = as single images)")
     parser.add_argument("--ema", type=float, default=0.0, help="EMA decay of the saved weights (0 = no EMA)")
     parser.add_argument("--vae-grid-steps", type=int, default=0,
                         help="with --finetune-from: first teach the VAE to code 2×2 grids as their four panels")
-    parser.add_argument("--grow-single-blocks", type=int, default=0,
-                        help="with --finetune-from, FLUX: add this many single blocks, starting as identities")
     parser.add_argument("--finetune-from", default=None,
                         help="a trained sprite model folder: keep its VAE, carry its text encoders onto today's "
                              "vocabulary and train the denoiser further")
@@ -460,8 +435,6 @@ def main(argv: list[str] | None = None) -> int:
     if (args.hide_modifiers or args.fold_modifiers) and args.family != "sdxl":
         parser.error("--hide-modifiers and --fold-modifiers work for sdxl only: FLUX's T5 tokenizes the "
                      "captions differently")
-    if args.grow_single_blocks and (args.family != "flux" or not args.finetune_from):
-        parser.error("--grow-single-blocks grows a trained FLUX model: use it with flux --finetune-from")
     torch.set_num_threads(args.threads)
     args.grid_every = (3 if args.family == "flux" else 0) if args.grid_every is None else args.grid_every
     run_dir = Path(args.run_dir or f"runs/sprite-{args.family}")
@@ -478,8 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     losses, seconds["denoiser"] = train_denoiser(backend, args.steps, args.batch, run_dir / "denoiser", args.seed,
                                                  args.grid_every, lr=args.lr, ema_decay=args.ema,
                                                  sprite_weight=args.sprite_weight, hide_rate=args.hide_modifiers,
-                                                 prenominal_rate=args.prenominal, fold_rate=args.fold_modifiers,
-                                                 grid_noise_share=args.grid_noise_share)
+                                                 prenominal_rate=args.prenominal, fold_rate=args.fold_modifiers)
     size = save_pipeline(args.family, parts, folder)
     write_card(folder, args.family, args, vae_losses, losses, stats, seconds, size)
     atomic_write_json({"vae_losses": vae_losses, "losses": losses, "seconds": seconds}, run_dir / "curves.json")

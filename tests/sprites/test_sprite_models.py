@@ -132,51 +132,6 @@ def test_flux_sprite_model_trains_and_samples_at_comfyuis_flux_shift():
     assert median_training_sigma > 0.7  # most training noise is heavy, where identity is decided
 
 
-def test_grid_batches_alone_draw_their_noise_from_the_noisiest_share(monkeypatch, tmp_path):
-    import protagonist.sprites.train_models as train_models
-    from protagonist.core.backends.loading import backend_from_components
-    from protagonist.sprites.models import build_flux
-
-    shares = []
-
-    def recording_error(backend, latents, cond, generator, noisiest_share=1.0):
-        shares.append((latents.shape[-1], noisiest_share))
-        return backend.raw_predict(latents, torch.full((len(latents),), 0.5), cond).pow(2)
-
-    monkeypatch.setattr(train_models, "denoising_error", recording_error)
-    backend = backend_from_components("flux", build_flux())
-    train_models.train_denoiser(backend, 4, 4, tmp_path / "run", 0, grid_every=2, grid_noise_share=0.3)
-    single, grid = 8, 16  # latent widths of a 32 px sprite and a 64 px grid
-    assert shares == [(single, 1.0), (grid, 0.3), (single, 1.0), (grid, 0.3)]
-
-
-def test_grown_flux_transformer_predicts_as_before_and_its_new_blocks_train():
-    from protagonist.sprites.models import build_flux, grow_single_blocks
-
-    transformer = build_flux()["transformer"]
-    grown = grow_single_blocks(transformer, 2)
-    assert grown.config.num_single_layers == transformer.config.num_single_layers + 2
-    torch.manual_seed(0)
-    tokens, text = torch.randn(2, 16, 64), torch.randn(2, 5, 64)
-    inputs = dict(hidden_states=tokens, encoder_hidden_states=text, pooled_projections=torch.randn(2, 64),
-                  timestep=torch.tensor([0.3, 0.9]), img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(5, 3),
-                  guidance=torch.tensor([3.5, 3.5]))
-    before, after = transformer(**inputs).sample, grown(**inputs).sample
-    assert torch.allclose(before, after, atol=1e-6)
-    after.pow(2).mean().backward()
-    assert grown.single_transformer_blocks[-1].proj_out.weight.grad.abs().sum() > 0
-
-
-def test_growing_is_refused_for_sdxl_and_for_training_from_scratch(tmp_path):
-    from protagonist.sprites.train_models import main
-
-    for argv in (["sdxl", "--finetune-from", str(tmp_path), "--grow-single-blocks", "2"],
-                 ["flux", "--grow-single-blocks", "2"]):
-        with pytest.raises(SystemExit):
-            main(argv + ["--run-dir", str(tmp_path / "run"), "--out", str(tmp_path / "out")])
-    assert not (tmp_path / "run").exists() and not (tmp_path / "out").exists()
-
-
 def test_hidden_modifiers_become_the_start_token_state_and_only_before_the_class_word():
     from protagonist.sprites.train_models import hide_modifiers, modifier_positions
 
