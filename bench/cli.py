@@ -56,13 +56,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def grid_report(backend, args, settings, oracle, out: Path) -> str:
     from ..core.images import contact_sheet, save_png
-    from .grids import run_grids, score_grids
+    from .grids import panel_reliance, run_grids, score_grids
 
     images, _, contexts = run_grids(backend, args.grids, args.seed, settings)
     scores = score_grids(images, contexts, oracle)
     save_png(contact_sheet(images[:16], columns=4, scale=2), out / "grids_contact_sheet.png")
+    reliance = ", ".join(f"σ {sigma:g}: {ratio:.2f}" for sigma, ratio in panel_reliance(backend).items())
     return (f"grid prompts: {scores.grids}; one identity in all four panels: {scores.consistent:.1%}; "
-            f"panel validity {scores.panel_validity:.1%}; panel conformity {scores.panel_conformity:.1%}\n")
+            f"panel validity {scores.panel_validity:.1%}; panel conformity {scores.panel_conformity:.1%}\n"
+            f"panel reliance (a panel's x0 error with the other panels another character ÷ the same one): "
+            f"{reliance}\n")
 
 
 def main(argv: list[str] | None = None) -> int:

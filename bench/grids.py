@@ -8,9 +8,9 @@ import numpy as np
 import torch
 
 from ..sprites.attributes import Context, Identity
-from ..sprites.captions import random_grid_caption
+from ..sprites.captions import grid_caption, random_grid_caption
 from ..sprites.oracle import Oracle, identity_of
-from ..sprites.world import render_grid, split_grid
+from ..sprites.world import render, render_grid, split_grid, tile_grid
 from .harness import SamplingSettings, draw
 
 
@@ -72,3 +72,34 @@ def vae_grid_readability(backend, oracle: Oracle, grids: int = 32, seed: int = 0
         one_by_one = backend.decode_latents(backend.encode_images(panels))
     return {"as grids": float(oracle.read_grid(as_grids.float()).valid.float().mean()),
             "one by one": float(oracle.read(one_by_one.float()).valid.float().mean())}
+
+
+def panel_reliance(backend, sigmas=(0.9, 0.7, 0.5), grids: int = 32, seed: int = 0) -> dict[float, float]:
+    """How much the denoiser reads a grid's other panels, per noise level.
+
+    The x0 error on the top-left panel when the other three show another character, over the error when
+    they show the same one (same contexts, same noise, a caption that names no attribute). 1 means each
+    panel is drawn on its own; a model whose panels agree must read the others where identity is decided.
+    """
+    rng = np.random.default_rng(seed)
+    same, mixed, captions = [], [], []
+    for _ in range(grids):
+        identity, contexts = Identity.random(rng), [Context.random(rng) for _ in range(4)]
+        panels = [render(identity, c, rng) for c in contexts]
+        strangers = [render(Identity.random(rng), c, rng) for c in contexts[1:]]
+        same.append(tile_grid(torch.stack(panels)))
+        mixed.append(tile_grid(torch.stack(panels[:1] + strangers)))
+        captions.append(grid_caption(identity, contexts))
+    with torch.no_grad():
+        cond = backend.encode_prompts(captions, image_size=(64, 64))
+        latents = [backend.encode_images(torch.stack(images)) for images in (same, mixed)]
+        noise = torch.randn(latents[0].shape, generator=torch.Generator().manual_seed(seed))
+        return {sigma: _top_left_error(backend, latents[1], noise, sigma, cond)
+                / _top_left_error(backend, latents[0], noise, sigma, cond) for sigma in sigmas}
+
+
+def _top_left_error(backend, latents: torch.Tensor, noise: torch.Tensor, sigma: float, cond) -> float:
+    sigmas = torch.full((latents.shape[0],), float(sigma))
+    denoised = backend.predict(backend.schedule.add_noise(latents, noise, sigmas), sigmas, [cond])[0]
+    h, w = latents.shape[-2] // 2, latents.shape[-1] // 2
+    return float((denoised - latents)[..., :h, :w].pow(2).mean())
