@@ -41,6 +41,5 @@ def test_a_denoiser_that_draws_each_panel_alone_does_not_rely_on_the_others():
 def test_a_denoiser_that_reads_the_other_panels_errs_more_when_they_show_another_character():
     from protagonist.bench.grids import panel_reliance
 
-    ratios = panel_reliance(PanelDenoiser(reads_others=True), sigmas=(0.9, 0.5, 0.1), grids=16)
-    assert all(ratio > 1.0 for ratio in ratios.values()), ratios
-    assert ratios[0.1] > ratios[0.9]  # the less noise, the more the other panels' characters show
+    ratios = panel_reliance(PanelDenoiser(reads_others=True), sigmas=(0.5, 0.1), grids=16)
+    assert ratios[0.1] > ratios[0.5] > 1.01, ratios  # the less noise, the more the other characters show
