@@ -10,7 +10,7 @@ import torch
 from ..sprites.attributes import Context, Identity
 from ..sprites.captions import grid_caption, random_grid_caption
 from ..sprites.oracle import Oracle, identity_of
-from ..sprites.world import render, render_grid, split_grid, tile_grid
+from ..sprites.world import SIZE, render_grid, split_grid
 from .harness import SamplingSettings, draw
 
 
@@ -80,15 +80,16 @@ def panel_reliance(backend, sigmas=(0.9, 0.7, 0.5), grids: int = 32, seed: int =
     The x0 error on the top-left panel when the other three show another character, over the error when
     they show the same one (same contexts, same noise, a caption that names no attribute). 1 means each
     panel is drawn on its own; a model whose panels agree must read the others where identity is decided.
+    `sigmas` are the backend's own noise levels (FLUX: 0 to 1).
     """
     rng = np.random.default_rng(seed)
     same, mixed, captions = [], [], []
     for _ in range(grids):
-        identity, contexts = Identity.random(rng), [Context.random(rng) for _ in range(4)]
-        panels = [render(identity, c, rng) for c in contexts]
-        strangers = [render(Identity.random(rng), c, rng) for c in contexts[1:]]
-        same.append(tile_grid(torch.stack(panels)))
-        mixed.append(tile_grid(torch.stack(panels[:1] + strangers)))
+        identity, stranger = Identity.random(rng), Identity.random(rng)
+        contexts = [Context.random(rng) for _ in range(4)]
+        same.append(render_grid(identity, contexts, rng))
+        mixed.append(render_grid(stranger, contexts, rng))
+        mixed[-1][:, :SIZE, :SIZE] = same[-1][:, :SIZE, :SIZE]
         captions.append(grid_caption(identity, contexts))
     with torch.no_grad():
         cond = backend.encode_prompts(captions, image_size=(64, 64))
