@@ -27,19 +27,22 @@ def noisiest_sigmas(schedule, batch: int, generator: torch.Generator, share: flo
 
 
 def denoising_error(backend: DiffusionBackend, latents: torch.Tensor, cond: Conditioning,
-                    generator: torch.Generator, noisiest_share: float = 1.0) -> torch.Tensor:
+                    generator: torch.Generator, noisiest_share: float = 1.0,
+                    noise_scale: torch.Tensor | None = None) -> torch.Tensor:
     """Elementwise squared error of the network's native output against its training target.
 
     Noise levels are drawn as the family was trained, or with `noisiest_share` < 1 from the noisiest
-    part of the schedule only (:func:`noisiest_sigmas`).
+    part of the schedule only (:func:`noisiest_sigmas`). `noise_scale` (broadcast against the latents)
+    noises some positions less than the level the network is told, e.g. a grid panel held almost clean.
     """
     if noisiest_share < 1.0:
         sigma = noisiest_sigmas(backend.schedule, latents.shape[0], generator, noisiest_share).to(latents.device)
     else:
         sigma = backend.schedule.training_sigmas(latents.shape[0], generator).to(latents.device)
     noise = torch.randn(latents.shape, generator=generator).to(latents)
-    output = backend.raw_predict(backend.schedule.add_noise(latents, noise, sigma), sigma, cond)
-    return (output.float() - backend.schedule.training_target(latents, noise, sigma).float()).pow(2)
+    noised_at = sigma if noise_scale is None else sigma.reshape(-1, 1, 1, 1) * noise_scale.to(latents)
+    output = backend.raw_predict(backend.schedule.add_noise(latents, noise, noised_at), sigma, cond)
+    return (output.float() - backend.schedule.training_target(latents, noise, noised_at).float()).pow(2)
 
 
 def per_sample(error: torch.Tensor) -> torch.Tensor:

@@ -23,14 +23,10 @@ from ..core.backends.loading import backend_from_components, pipeline_class
 from ..core.checkpoint import atomic_folder, atomic_write_json, load_checkpoint, save_checkpoint
 from ..core.training import denoising_error
 from .attributes import CLASS_WORD, Context, Identity
-from .captions import (
-    MAX_MENTIONED,
-    MENTION_PROBABILITY,
-    PRENOMINAL_PROBABILITY,
-    random_caption,
-    random_grid_caption,
-)
-from .models import FLUX_DIR, FLUX_FLOW_SHIFT, SDXL_DIR, build_flux, build_sdxl, load_for_finetuning
+from .captions import PRENOMINAL_PROBABILITY, random_caption, random_grid_caption
+from .held_panels import held_panel_noise
+from .model_cards import write_card, write_finetune_card
+from .models import FLUX_DIR, SDXL_DIR, build_flux, build_sdxl, load_for_finetuning
 from .world import render_grid_with_mask, render_with_mask, split_grid, tile_grid
 
 log = logging.getLogger(__name__)
@@ -162,9 +158,10 @@ def standardise_latents(vae, scale: float, shift: float, seed: int) -> dict:
 
 def denoiser_loss(backend, images, captions, generator, drop_rate: float = 0.1,
                   pixel_weights: torch.Tensor | None = None, hide_rate: float = 0.0,
-                  fold_rate: float = 0.0) -> torch.Tensor:
+                  fold_rate: float = 0.0, held_rate: float = 0.0) -> torch.Tensor:
     """Mean denoising error; `pixel_weights` [B, 1, H, W] weight it where they fall in latent space;
-    `hide_rate`: see :func:`hide_modifiers`; `fold_rate`: see :func:`fold_modifiers`."""
+    `hide_rate`: see :func:`hide_modifiers`; `fold_rate`: see :func:`fold_modifiers`; `held_rate` (grids
+    only): see :func:`held_panel_noise`."""
     keep = torch.rand(len(captions), generator=generator) >= drop_rate
     prompts = [c if k else "" for c, k in zip(captions, keep.tolist())]
     size = tuple(images.shape[-2:])
@@ -175,10 +172,15 @@ def denoiser_loss(backend, images, captions, generator, drop_rate: float = 0.1,
         cond = hide_modifiers(backend, cond, prompts, hide_rate, generator)
     if fold_rate > 0:
         cond = fold_modifiers(backend, cond, prompts, fold_rate, generator)
-    error = denoising_error(backend, latents, cond, generator)
-    if pixel_weights is None:
+    noise_scale = keep = None
+    if held_rate > 0:
+        noise_scale, keep = held_panel_noise(latents.shape, held_rate, generator)
+    error = denoising_error(backend, latents, cond, generator, noise_scale=noise_scale)
+    if pixel_weights is None and keep is None:
         return error.mean()
-    weights = torch.nn.functional.adaptive_avg_pool2d(pixel_weights, latents.shape[-2:])
+    weights = (torch.ones_like(latents[:, :1]) if pixel_weights is None
+               else torch.nn.functional.adaptive_avg_pool2d(pixel_weights, latents.shape[-2:]))
+    weights = weights if keep is None else weights * keep.to(weights)
     return (error * weights).sum() / (weights.sum() * error.shape[1])
 
 
@@ -254,8 +256,8 @@ def exponential_average(modules: dict, decay: float):
 def train_denoiser(backend, steps: int, batch: int, run_dir: Path, seed: int, grid_every: int = 0,
                    lr: float = 4e-4, ema_decay: float = 0.0,
                    sprite_weight: float = 1.0, hide_rate: float = 0.0,
-                   prenominal_rate: float = PRENOMINAL_PROBABILITY, fold_rate: float = 0.0
-                   ) -> tuple[list[float], float]:
+                   prenominal_rate: float = PRENOMINAL_PROBABILITY, fold_rate: float = 0.0,
+                   held_rate: float = 0.0) -> tuple[list[float], float]:
     """Denoiser + text encoders; every `grid_every`-th step is a batch of 2×2 grids (0 = never).
 
     With `ema_decay` > 0 the modules end with the exponential moving average of their weights;
@@ -278,7 +280,7 @@ def train_denoiser(backend, steps: int, batch: int, run_dir: Path, seed: int, gr
             group["lr"] = lr * min(1.0, (step + 1) / 200) * (0.1 + 0.9 * (1 - step / steps))
         loss = denoiser_loss(backend, images, captions, torch.Generator().manual_seed(seed + step),
                              pixel_weights=sprite_weights(masks, sprite_weight), hide_rate=hide_rate,
-                             fold_rate=fold_rate)
+                             fold_rate=fold_rate, held_rate=held_rate if grids else 0.0)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -317,67 +319,6 @@ def _forget_source_paths(folder: Path) -> None:
             config.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
 
 
-def write_card(folder: Path, family: str, args, vae_losses, losses, stats: dict, seconds: dict, size: int):
-    lines = [
-        f"# Sprite-world {family.upper()}-architecture model", "",
-        "Trained from scratch on procedurally rendered sprites (`protagonist.sprites`): random identities",
-        "(shape, colour, pattern, eyes, accessory) in random contexts (background, position), with captions",
-        "that name the context and sometimes up to two identity attributes; 10 % empty captions for CFG."
-        + (f" Every {args.grid_every}-th step is a batch of 2×2 grids of one identity." if args.grid_every else ""),
-        "", f"* seed {args.seed}; VAE {args.vae_steps} steps × {args.batch}; denoiser {args.steps} steps × {args.batch}",
-        f"* final VAE loss {np.mean(vae_losses[-100:]):.4f}; final denoiser loss {np.mean(losses[-200:]):.4f}",
-        f"* latent statistics before standardisation: {stats}",
-        f"* training time: VAE {seconds['vae']:.0f} s, denoiser {seconds['denoiser']:.0f} s on "
-        f"{torch.get_num_threads()} CPU threads (wall time, with other jobs sharing the 2 cores at times)",
-        f"* weights: {size / 1e6:.1f} MB (float16 safetensors)",
-        *([f"* loss weight {args.sprite_weight} on the characters' pixels"] if args.sprite_weight != 1.0 else []),
-        *([f"* flow shift {FLUX_FLOW_SHIFT} for training noise levels and sampling"] if family == "flux" else []),
-        "", f"Reproduce: `python -m protagonist.sprites.train_models {family} --steps {args.steps} "
-            f"--vae-steps {args.vae_steps} --grid-every {args.grid_every} --sprite-weight {args.sprite_weight} "
-            f"--seed {args.seed}`",
-    ]
-    (folder / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
-
-
-def _stage_title(args) -> str:
-    parts = ["the VAE taught to code 2×2 grids as their four panels"] if args.vae_grid_steps else []
-    if args.sprite_weight != 1.0:
-        parts.append(f"the characters' pixels weighted {args.sprite_weight:g}×")
-    if args.hide_modifiers or args.fold_modifiers:
-        parts.append("the class word carries its adjectives")
-    return "; ".join(parts or ["more training"])
-
-
-def write_finetune_card(folder: Path, previous_card: str, args, losses, seconds: float, size: int,
-                        vae_seconds: float = 0.0):
-    stage = previous_card.count("## Stage") + 2
-    lines = [
-        previous_card.rstrip(), "", f"## Stage {stage}: {_stage_title(args)}", "",
-        f"Captions name identity attributes with probability {MENTION_PROBABILITY} (one to {MAX_MENTIONED} of "
-        f"them), eyes and accessory as adjectives before the class word (\"a one eyed hatted red blob\") in "
-        f"{args.prenominal:.0%} of them.",
-        f"* {args.steps} steps × {args.batch}, learning rate {args.lr}, EMA decay {args.ema} (the EMA weights are saved)"
-        + (f", one batch of grids every {args.grid_every} steps" if args.grid_every else "")
-        + (f", loss weight {args.sprite_weight} on the characters' pixels" if args.sprite_weight != 1.0 else "")
-        + (f", the adjectives before the class word hidden from the denoiser in {args.hide_modifiers:.0%} of "
-           "captions (`hide_modifiers`)" if args.hide_modifiers else "")
-        + (f", the adjectives before the class word folded into its state in {args.fold_modifiers:.0%} of "
-           "captions (`fold_modifiers`)" if args.fold_modifiers else ""),
-        *([f"* flow shift {FLUX_FLOW_SHIFT} for training noise levels and sampling (ComfyUI's FLUX default)"]
-          if args.family == "flux" else []),
-        *([f"* first the VAE: {args.vae_grid_steps} steps teaching it to code 2×2 grids as their four panels "
-           f"(`finetune_vae_on_grids`), {vae_seconds:.0f} s"] if args.vae_grid_steps else []),
-        f"* final loss {np.mean(losses[-200:]):.4f}; {seconds:.0f} s on {torch.get_num_threads()} CPU threads",
-        f"* weights: {size / 1e6:.1f} MB (float16 safetensors)",
-        "", f"Reproduce (after the stages above): `python -m protagonist.sprites.train_models {args.family} --finetune-from "
-            f"<previous stage folder> --steps {args.steps} --lr {args.lr} --ema {args.ema} --grid-every {args.grid_every} "
-            f"--sprite-weight {args.sprite_weight} --vae-grid-steps {args.vae_grid_steps} "
-            f"--hide-modifiers {args.hide_modifiers} --fold-modifiers {args.fold_modifiers} "
-            f"--prenominal {args.prenominal} --seed {args.seed}`",
-    ]
-    (folder / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
-
-
 def finetune(args, run_dir: Path, folder: Path) -> int:
     source = Path(args.finetune_from)
     previous_card = (source / "MODEL_CARD.md").read_text()
@@ -391,7 +332,8 @@ def finetune(args, run_dir: Path, folder: Path) -> int:
     losses, seconds = train_denoiser(backend, args.steps, args.batch, run_dir / "finetune", args.seed,
                                      args.grid_every, lr=args.lr, ema_decay=args.ema,
                                      sprite_weight=args.sprite_weight, hide_rate=args.hide_modifiers,
-                                     prenominal_rate=args.prenominal, fold_rate=args.fold_modifiers)
+                                     prenominal_rate=args.prenominal, fold_rate=args.fold_modifiers,
+                                     held_rate=args.held_panel)
     size = save_pipeline(args.family, parts, folder)
     write_finetune_card(folder, previous_card, args, losses, seconds, size, vae_seconds)
     atomic_write_json({"losses": losses, "seconds": seconds}, run_dir / "finetune-curves.json")
@@ -424,6 +366,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="share of captions naming eyes and accessory as adjectives before the class "
                              "word (\"a one eyed hatted blob\") rather than after it "
                              "(\"a blob with one eye and a hat\")")
+    parser.add_argument("--held-panel", type=float, default=0.0,
+                        help="share of training grids with one panel noised almost clean and left out of the "
+                             "loss, so that copying its character to the other panels pays")
     parser.add_argument("--ema", type=float, default=0.0, help="EMA decay of the saved weights (0 = no EMA)")
     parser.add_argument("--vae-grid-steps", type=int, default=0,
                         help="with --finetune-from: first teach the VAE to code 2×2 grids as their four panels")
@@ -451,7 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     losses, seconds["denoiser"] = train_denoiser(backend, args.steps, args.batch, run_dir / "denoiser", args.seed,
                                                  args.grid_every, lr=args.lr, ema_decay=args.ema,
                                                  sprite_weight=args.sprite_weight, hide_rate=args.hide_modifiers,
-                                                 prenominal_rate=args.prenominal, fold_rate=args.fold_modifiers)
+                                                 prenominal_rate=args.prenominal, fold_rate=args.fold_modifiers,
+                                                 held_rate=args.held_panel)
     size = save_pipeline(args.family, parts, folder)
     write_card(folder, args.family, args, vae_losses, losses, stats, seconds, size)
     atomic_write_json({"vae_losses": vae_losses, "losses": losses, "seconds": seconds}, run_dir / "curves.json")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 
 import pytest
@@ -181,3 +182,17 @@ def test_hiding_modifiers_is_refused_for_flux_before_any_training(tmp_path):
         main(["flux", "--fold-modifiers", "0.5", "--steps", "1", "--run-dir", str(tmp_path / "run"),
               "--out", str(tmp_path / "model")])
     assert not (tmp_path / "run").exists()
+
+
+def test_a_from_scratch_card_repeats_every_recipe_flag(tmp_path):
+    from protagonist.sprites.model_cards import write_card
+
+    args = argparse.Namespace(seed=20, vae_steps=1000, batch=32, steps=6500, grid_every=0, sprite_weight=6.0,
+                              lr=5e-4, ema=0.999, hide_modifiers=0.0, fold_modifiers=0.8, prenominal=0.9,
+                              held_panel=0.0, threads=2)
+    write_card(tmp_path, "sdxl", args, [0.1], [0.05], {}, {"vae": 600.0, "denoiser": 3000.0}, 17_000_000)
+    card = (tmp_path / "MODEL_CARD.md").read_text()
+    for flag in ("--steps 6500", "--vae-steps 1000", "--threads 2", "--lr 0.0005", "--ema 0.999", "--sprite-weight 6.0",
+                 "--fold-modifiers 0.8", "--prenominal 0.9", "--held-panel 0.0", "--seed 20"):
+        assert flag in card
+    assert "folded into its state in 80%" in card

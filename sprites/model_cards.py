@@ -1,0 +1,87 @@
+"""Model cards of the sprite models: what a training run did and the command that repeats it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .captions import MAX_MENTIONED, MENTION_PROBABILITY
+from .models import FLUX_FLOW_SHIFT
+
+
+def write_card(folder: Path, family: str, args, vae_losses, losses, stats: dict, seconds: dict, size: int):
+    lines = [
+        f"# Sprite-world {family.upper()}-architecture model", "",
+        "Trained from scratch on procedurally rendered sprites (`protagonist.sprites`): random identities",
+        "(shape, colour, pattern, eyes, accessory) in random contexts (background, position), with captions",
+        "that name the context and sometimes up to two identity attributes; 10 % empty captions for CFG."
+        + (f" Every {args.grid_every}-th step is a batch of 2×2 grids of one identity." if args.grid_every else ""),
+        "", f"* seed {args.seed}; VAE {args.vae_steps} steps × {args.batch}; denoiser {args.steps} steps × {args.batch}",
+        f"* final VAE loss {np.mean(vae_losses[-100:]):.4f}; final denoiser loss {np.mean(losses[-200:]):.4f}",
+        f"* latent statistics before standardisation: {stats}",
+        f"* training time: VAE {seconds['vae']:.0f} s, denoiser {seconds['denoiser']:.0f} s on "
+        f"{torch.get_num_threads()} CPU threads (wall time, with other jobs sharing the 2 cores at times)",
+        f"* weights: {size / 1e6:.1f} MB (float16 safetensors)",
+        *([f"* loss weight {args.sprite_weight} on the characters' pixels"] if args.sprite_weight != 1.0 else []),
+        *([f"* flow shift {FLUX_FLOW_SHIFT} for training noise levels and sampling"] if family == "flux" else []),
+        *_training_lines(args),
+        "", f"Reproduce: `python -m protagonist.sprites.train_models {family} --steps {args.steps} "
+            f"--vae-steps {args.vae_steps} --threads {args.threads} {_recipe_flags(args)}`",
+    ]
+    (folder / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
+
+
+def _recipe_flags(args) -> str:
+    """The command-line flags that shape a training run, as a card's reproduce line needs them."""
+    return (f"--lr {args.lr} --ema {args.ema} --grid-every {args.grid_every} --sprite-weight {args.sprite_weight} "
+            f"--hide-modifiers {args.hide_modifiers} --fold-modifiers {args.fold_modifiers} "
+            f"--prenominal {args.prenominal} --held-panel {args.held_panel} --seed {args.seed}")
+
+
+def _training_lines(args) -> list[str]:
+    """What a from-scratch card says about the denoiser's recipe beyond the step counts."""
+    return [f"* learning rate {args.lr}, EMA decay {args.ema}; adjectives before the class word in "
+            f"{args.prenominal:.0%} of the captions that name eyes or accessory"
+            + (f", folded into its state in {args.fold_modifiers:.0%} (`fold_modifiers`)" if args.fold_modifiers else "")
+            + (f", hidden in {args.hide_modifiers:.0%} (`hide_modifiers`)" if args.hide_modifiers else "")
+            + (f"; one grid panel held almost clean in {args.held_panel:.0%} of the grids" if args.held_panel else "")]
+
+
+def _stage_title(args) -> str:
+    parts = ["the VAE taught to code 2×2 grids as their four panels"] if args.vae_grid_steps else []
+    if args.sprite_weight != 1.0:
+        parts.append(f"the characters' pixels weighted {args.sprite_weight:g}×")
+    if args.hide_modifiers or args.fold_modifiers:
+        parts.append("the class word carries its adjectives")
+    return "; ".join(parts or ["more training"])
+
+
+def write_finetune_card(folder: Path, previous_card: str, args, losses, seconds: float, size: int,
+                        vae_seconds: float = 0.0):
+    stage = previous_card.count("## Stage") + 2
+    lines = [
+        previous_card.rstrip(), "", f"## Stage {stage}: {_stage_title(args)}", "",
+        f"Captions name identity attributes with probability {MENTION_PROBABILITY} (one to {MAX_MENTIONED} of "
+        f"them), eyes and accessory as adjectives before the class word (\"a one eyed hatted red blob\") in "
+        f"{args.prenominal:.0%} of them.",
+        f"* {args.steps} steps × {args.batch}, learning rate {args.lr}, EMA decay {args.ema} (the EMA weights are saved)"
+        + (f", one batch of grids every {args.grid_every} steps" if args.grid_every else "")
+        + (f", loss weight {args.sprite_weight} on the characters' pixels" if args.sprite_weight != 1.0 else "")
+        + (f", the adjectives before the class word hidden from the denoiser in {args.hide_modifiers:.0%} of "
+           "captions (`hide_modifiers`)" if args.hide_modifiers else "")
+        + (f", the adjectives before the class word folded into its state in {args.fold_modifiers:.0%} of "
+           "captions (`fold_modifiers`)" if args.fold_modifiers else "")
+        + (f", one panel held almost clean and left out of the loss in {args.held_panel:.0%} of the grids "
+           "(`held_panel_noise`)" if args.held_panel else ""),
+        *([f"* flow shift {FLUX_FLOW_SHIFT} for training noise levels and sampling (ComfyUI's FLUX default)"]
+          if args.family == "flux" else []),
+        *([f"* first the VAE: {args.vae_grid_steps} steps teaching it to code 2×2 grids as their four panels "
+           f"(`finetune_vae_on_grids`), {vae_seconds:.0f} s"] if args.vae_grid_steps else []),
+        f"* final loss {np.mean(losses[-200:]):.4f}; {seconds:.0f} s on {torch.get_num_threads()} CPU threads",
+        f"* weights: {size / 1e6:.1f} MB (float16 safetensors)",
+        "", f"Reproduce (after the stages above): `python -m protagonist.sprites.train_models {args.family} --finetune-from "
+            f"<previous stage folder> --steps {args.steps} --vae-grid-steps {args.vae_grid_steps} {_recipe_flags(args)}`",
+    ]
+    (folder / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
