@@ -2,12 +2,15 @@
 
 Each step's batch is the target, `aux_per_batch` auxiliary proposals, and the "average" sample (the
 target image with the mean offset of the batch's auxiliaries); the loss is
-L_tar + λ1·L_aux + λ2·L_aver (paper: λ1 = 0.5, λ2 = 0.3). Only the projector learns.
+L_tar + λ1·L_aux + λ2·L_aver (paper: λ1 = 0.5, λ2 = 0.3). Only the projector learns. As in the paper, the
+target comes as an augmented set: the image and its mirror image (the paper also crops faces, which has no
+counterpart for characters that are not people); each step draws one of them.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -42,6 +45,18 @@ class OneActorTuning:
     # 1.0: noise levels as the model was trained (the paper). Less: only the noisiest part of the
     # schedule, where the character is settled (see bench/results/sprite_methods.md for the measurement).
     noisiest_share: float = 1.0
+    # The paper's augmented target set (its flip): the offset then has to hold in both orientations, so it
+    # cannot carry what is particular to one image as easily (the tuned offset overfits the target:
+    # bench/results/sprite_methods.md, session 11).
+    mirror_target: bool = True
+
+
+_MIRRORED = {"left": "right", "right": "left"}
+
+
+def mirrored_text(text: str) -> str:
+    """A caption as it reads for the mirror image: the words "left" and "right" swapped."""
+    return re.sub(r"\b(left|right)\b", lambda found: _MIRRORED[found.group(1)], text)
 
 
 @dataclass
@@ -76,6 +91,15 @@ class ProposalSet:
         caption = template.format(base_word)
         return [f"{caption} {scene}" if scene else caption for scene in (self.scenes or [""] * len(self.latents))]
 
+    def with_mirrored_target(self, backend: DiffusionBackend) -> tuple["ProposalSet", int]:
+        """The set with the target's mirror image appended as a last row (its scene mirrored too), and the
+        number of target views (2). The mirror is drawn through the VAE: decoded, flipped, encoded."""
+        with torch.no_grad():
+            image = backend.decode_latents(self.latents[:1].to(backend.device, backend.dtype))
+            mirror = backend.encode_images(image.flip(-1)).to(self.latents)
+        scenes = None if self.scenes is None else [*self.scenes, mirrored_text(self.scenes[0])]
+        return ProposalSet(torch.cat([self.latents, mirror]), self.features, self.image_size, scenes), 2
+
 
 @dataclass
 class TunedProjector:
@@ -98,6 +122,8 @@ def tune_projector(backend: DiffusionBackend, data: ProposalSet, base_word: str,
     generator = torch.Generator().manual_seed(settings.seed)
     projector = new_projector(backend, data.features, settings.seed).to(backend.device)
     optimizer = torch.optim.AdamW(projector.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    proposals = data.latents.shape[0]
+    data, views = data.with_mirrored_target(backend) if settings.mirror_target else (data, 1)
     template_conds = _encoded_captions(backend, data, settings.templates, base_word)
     spans = len(template_conds[0][0].word_positions[0])
     if spans > 1:
@@ -107,7 +133,8 @@ def tune_projector(backend: DiffusionBackend, data: ProposalSet, base_word: str,
     frozen_modules = [backend.denoiser, *backend.embedding_tables().values()]
     with torch.enable_grad(), backend.session(), frozen(*frozen_modules):
         for step in range(settings.steps):
-            loss = _step_loss(backend, projector, data, template_conds, base_word, settings, generator)
+            loss = _step_loss(backend, projector, data, template_conds, base_word, settings, generator,
+                              proposals, views)
             losses.append(optimisation_step(loss, optimizer, step))
             if callback is not None:
                 callback(step, losses[-1])
@@ -125,15 +152,18 @@ def _encoded_captions(backend, data: ProposalSet, templates, base_word: str) -> 
     return [[encoded[c] for c in data.captions(t, base_word)] for t in templates]
 
 
-def _step_loss(backend, projector, data: ProposalSet, template_conds, base_word, settings, generator) -> torch.Tensor:
-    aux_count = min(settings.aux_per_batch, data.latents.shape[0] - 1)
-    aux = 1 + torch.randperm(data.latents.shape[0] - 1, generator=generator)[:aux_count]
+def _step_loss(backend, projector, data: ProposalSet, template_conds, base_word, settings, generator,
+               proposals: int, views: int) -> torch.Tensor:
+    """`data` holds the `proposals` (target first), then the target's other views (its mirror image)."""
+    aux_count = min(settings.aux_per_batch, proposals - 1)
+    aux = 1 + torch.randperm(proposals - 1, generator=generator)[:aux_count]
     picked = torch.cat([torch.zeros(1, dtype=torch.long), aux])
     # The projector always sees the whole batch (its BatchNorm statistics are the paper's); the denoiser
     # only sees the rows whose loss weight is not zero, so λ1 = λ2 = 0 costs one evaluation a step, not 2 + K.
     offsets = projector(data.features[picked].to(backend.device))  # [1 + K, width]
     offsets = torch.cat([offsets, offsets[1:].mean(dim=0, keepdim=True)])  # + the average condition
-    images = torch.cat([picked, torch.zeros(1, dtype=torch.long)])
+    target = _target_view(proposals, views, generator)
+    images = torch.cat([torch.tensor([target]), aux, torch.tensor([target])])
     weights = loss_weights(settings, aux_count)
     live = weights != 0
     latents = data.latents[images[live]].to(backend.device)
@@ -142,6 +172,14 @@ def _step_loss(backend, projector, data: ProposalSet, template_conds, base_word,
     cond = apply_word_offset(cond, WordOffset(base_word, offsets[live]))
     errors = per_sample(denoising_error(backend, latents, cond, generator, settings.noisiest_share))
     return (weights[live].to(errors) * errors).sum()
+
+
+def _target_view(proposals: int, views: int, generator: torch.Generator) -> int:
+    """Row of this step's target view: 0 (the image) or one of the rows after the proposals."""
+    if views == 1:
+        return 0  # draws nothing, so tuning without views repeats earlier runs exactly
+    view = int(torch.randint(views, (1,), generator=generator))
+    return 0 if view == 0 else proposals + view - 1
 
 
 def loss_weights(settings: OneActorTuning, aux_count: int) -> torch.Tensor:

@@ -47,7 +47,8 @@ def test_tuning_objective_falls_and_only_the_projector_learns(tiny_sdxl_backend,
     settings = OneActorTuning(aux_per_batch=2)
     losses = []
     for _ in range(6):  # one fixed draw of auxiliaries, timesteps and noise
-        loss = _step_loss(backend, projector, data, conds, "blob", settings, torch.Generator().manual_seed(7))
+        loss = _step_loss(backend, projector, data, conds, "blob", settings, torch.Generator().manual_seed(7),
+                          proposals=5, views=1)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -173,3 +174,39 @@ def test_loss_weights_are_the_papers_objective():
 
     weights = loss_weights(OneActorTuning(lambda_aux=0.5, lambda_aver=0.3), aux_count=2)
     assert torch.allclose(weights, torch.tensor([1.0, 0.25, 0.25, 0.3]))
+
+
+def test_mirrored_captions_swap_left_and_right_only_as_whole_words():
+    from protagonist.core.oneactor.tuning import mirrored_text
+
+    assert mirrored_text("a blob in a forest, on the left") == "a blob in a forest, on the right"
+    assert mirrored_text("on the right; leftover bright") == "on the left; leftover bright"
+
+
+def test_the_target_comes_as_itself_and_its_mirror_image(tiny_sdxl_backend, proposals, monkeypatch):
+    import protagonist.core.oneactor.tuning as tuning
+
+    data = ProposalSet.from_proposals(proposals, target=1, image_size=(32, 32),
+                                      scenes=["at night, on the right", "on a beach, on the left"] + ["at night"] * 3)
+    mirrored, views = data.with_mirrored_target(tiny_sdxl_backend)
+    assert views == 2 and mirrored.latents.shape[0] == 6 and mirrored.scenes[-1] == "on a beach, on the right"
+    with torch.no_grad():  # the tiny VAE is random, so the mirror is checked against its definition
+        mirror = tiny_sdxl_backend.encode_images(tiny_sdxl_backend.decode_latents(proposals.latents[1:2]).flip(-1))
+    assert torch.allclose(mirrored.latents[-1:], mirror) and torch.equal(mirrored.latents[:5], data.latents)
+
+    fed, encoded = [], []
+    real_error, real_encode = tuning.denoising_error, tiny_sdxl_backend.encode_prompts
+    monkeypatch.setattr(tuning, "denoising_error", lambda backend, latents, *a, **k: (
+        fed.append(latents.clone()), real_error(backend, latents, *a, **k))[1])
+    monkeypatch.setattr(tiny_sdxl_backend, "encode_prompts",
+                        lambda prompts, **k: (encoded.extend(prompts), real_encode(prompts, **k))[1])
+    tune_projector(tiny_sdxl_backend, data, "blob", OneActorTuning(steps=12, lambda_aux=0.0, lambda_aver=0.0,
+                                                                   templates=("a {}",)))
+    targets = [rows[0] for rows in fed]
+    assert any(torch.equal(t, mirrored.latents[0]) for t in targets)
+    assert any(torch.equal(t, mirrored.latents[-1]) for t in targets)
+    assert "a blob on a beach, on the right" in encoded and "a blob on a beach, on the left" in encoded
+    fed.clear()
+    tune_projector(tiny_sdxl_backend, data, "blob", OneActorTuning(steps=4, lambda_aux=0.0, lambda_aver=0.0,
+                                                                   mirror_target=False))
+    assert all(torch.equal(rows[0], mirrored.latents[0]) for rows in fed)
