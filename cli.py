@@ -110,7 +110,8 @@ def run_oneactor_tune(args) -> int:
     save_png(contact_sheet(proposals.images, labels=[str(i) for i in range(args.proposals)], scale=args.sheet_scale),
              out / "proposals.png")
     data = ProposalSet.from_proposals(proposals, args.target, size)
-    tuned = tune_projector(backend, data, args.base_word, OneActorTuning(steps=args.tune_steps, seed=args.seed))
+    tuned = tune_projector(backend, data, args.base_word, OneActorTuning(steps=args.tune_steps, seed=args.seed,
+                                                                             mirror_target=not args.no_mirror))
     identity = make_identity(tuned.projector, data.features, args.base_word, backend.family)
     path = save_identity(identity, out / "identity.safetensors")
     logging.info("tuned on proposal %d (see %s); identity %s", args.target, out / "proposals.png", path)
@@ -151,6 +152,8 @@ def add_oneactor(commands) -> None:
     tune.add_argument("--proposals", type=int, default=11, help="the target and its auxiliaries")
     tune.add_argument("--target", type=int, default=0, help="index of the proposal to keep (see proposals.png)")
     tune.add_argument("--tune-steps", type=int, default=200)
+    tune.add_argument("--no-mirror", action="store_true",
+                      help="tune on the target image only, not also on its mirror image (for asymmetric characters)")
     tune.set_defaults(run=run_oneactor_tune)
     sample.add_argument("--identity", required=True, help="identity.safetensors from `oneactor tune`")
     sample.add_argument("--prompt", nargs="+", default=["a blob on a beach, on the left"])
