@@ -8,14 +8,15 @@ from ..core.images import contact_sheet, save_png
 from .harness import MethodRun
 from .scoring import Scores
 
-COLUMNS = ("method", "identity consistency", "embedder distance", "prompt conformity", "subject conformity",
+COLUMNS = ("method", "identity consistency", "of readable pairs", "embedder distance", "prompt conformity", "subject conformity",
            "validity", "pairs agreeing per attribute (shape color pattern eyes accessory)", "tuning evals", "tuning s", "evals / image", "s / image", "peak MB")
 
 
 def table_row(run: MethodRun, scores: Scores) -> list[str]:
     images = max(len(run.prompts), 1)
     peak = max(run.tuning.peak_bytes, run.generation.peak_bytes) / 2**20
-    return [run.method, f"{scores.identity_consistency:.1%}", f"{scores.embedder_distance:.3f}",
+    return [run.method, f"{scores.identity_consistency:.1%}", f"{scores.readable_pair_consistency:.1%}",
+            f"{scores.embedder_distance:.3f}",
             f"{scores.prompt_conformity:.1%}", f"{scores.subject_conformity:.1%}", f"{scores.validity:.1%}",
             " ".join(f"{v:.0%}" for v in scores.attribute_consistency.values()),
             f"{run.tuning.evaluations}", f"{run.tuning.seconds:.1f}", f"{run.generation.evaluations / images:.1f}",

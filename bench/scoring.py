@@ -21,6 +21,11 @@ class Scores:
     validity: float  # share of images the oracle reads with confidence on every attribute
     # per identity attribute: share of same-character pairs that agree on it (which attributes a method holds)
     attribute_consistency: dict[str, float] = field(default_factory=dict)
+    # identity consistency over the pairs whose two images the oracle reads: how much of a method's shortfall
+    # is disagreement rather than unreadable images
+    readable_pair_consistency: float = float("nan")
+    # the oracle's reading of each image's identity by name (None: unreadable), in the run's order, for diagnosis
+    identities: list = field(default_factory=list)
 
 
 def _named(prompt: str, attributes) -> dict[str, int]:
@@ -41,6 +46,7 @@ def score(run: MethodRun, oracle: Oracle, embedder=None) -> Scores:
     identities = identity_of(reading)
     pairs = list(same_character_pairs(run.character_of))
     agree = [identities[i] is not None and identities[i] == identities[j] for i, j in pairs]
+    readable = [identities[i] == identities[j] for i, j in pairs if identities[i] is not None and identities[j] is not None]
     distance = float("nan")
     if embedder is not None:
         from ..core.embedding import embed_images
@@ -55,4 +61,7 @@ def score(run: MethodRun, oracle: Oracle, embedder=None) -> Scores:
         validity=float(reading.valid.float().mean()),
         attribute_consistency={a: sum(int(reading.labels[a][i]) == int(reading.labels[a][j]) for i, j in pairs)
                                / max(len(pairs), 1) for a in IDENTITY_ATTRIBUTES},
+        readable_pair_consistency=sum(readable) / len(readable) if readable else float("nan"),
+        identities=[None if identity is None else {a: ATTRIBUTES[a][getattr(identity, a)] for a in IDENTITY_ATTRIBUTES}
+                    for identity in identities],
     )

@@ -103,3 +103,14 @@ def test_grid_scoring_on_rendered_grids(oracle):
     mixed[:, :, :32, :32] = torch.stack([render_grid(Identity.from_index(700), c, rng) for c in contexts])[:, :, :32, :32]
     assert score_grids(mixed, contexts, oracle).consistent == 0.0
     assert all("2x2 grid" in p for p in prompts)
+
+
+def test_an_unreadable_image_costs_its_pairs_but_not_the_readable_pairs_consistency(oracle):
+    run = _render_run([[Identity.from_index(7)] * 3])
+    run.images[1] = 0.5  # a grey square: nothing to read
+    scores = score(run, oracle)
+    assert scores.validity == pytest.approx(2 / 3)
+    assert scores.identity_consistency == pytest.approx(1 / 3)  # only the pair (0, 2) counts
+    assert scores.readable_pair_consistency == 1.0
+    assert scores.identities[1] is None and scores.identities[0] == scores.identities[2]
+    assert set(scores.identities[0]) == {"shape", "color", "pattern", "eyes", "accessory"}
