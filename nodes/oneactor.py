@@ -58,17 +58,22 @@ class OneActorProjectorTrainer(io.ComfyNode):
                 io.String.Input("scenes", multiline=True, default="", optional=True,
                                 tooltip="The Proposal Sampler's scenes, one per line: each proposal's tuning "
                                         "captions end with its scene, so the offset does not learn the background."),
+                io.Vae.Input("vae", optional=True,
+                             tooltip="Connect it to tune on the target and its mirror image too (the paper's flip "
+                                     "augmentation; \"left\"/\"right\" are swapped in its scene). Leave it "
+                                     "unconnected for a character whose mirror image is another character."),
             ],
             outputs=[Identity.Output(display_name="identity"), io.Image.Output(display_name="loss_curve")],
         )
 
     @classmethod
     def execute(cls, model, clip, latents, features, target_index, base_word, templates, steps, aux_per_batch, lr,
-                seed, scenes="") -> io.NodeOutput:
+                seed, scenes="", vae=None) -> io.NodeOutput:
         settings = OneActorTuning(steps=steps, aux_per_batch=aux_per_batch, lr=lr, seed=seed,
-                                  templates=tuple(t for t in templates.splitlines() if t.strip()))
+                                  templates=tuple(t for t in templates.splitlines() if t.strip()),
+                                  mirror_target=vae is not None)
         with torch.inference_mode(False), torch.enable_grad():
-            backend = ComfyBackend(model, clip)
+            backend = ComfyBackend(model, clip, vae)
             samples = model.model.process_latent_in(latents["samples"].clone())
             size = (samples.shape[-2] * backend.vae_scale, samples.shape[-1] * backend.vae_scale)
             proposals = Proposals(samples, torch.zeros(0), [], features.clone())

@@ -118,3 +118,29 @@ def test_trainer_scenes_follow_the_proposals_into_the_tuning(comfy_nodes, comfy_
     outputs, _ = run_prompt(prompt)
     assert len(outputs["4"]["images"]) == 1
     assert seen[0].scenes == ["in a forest", "on a beach", "on a beach"]  # the target (proposal 1) first
+
+
+def test_trainer_with_a_vae_also_tunes_on_the_mirrored_target(comfy_nodes, comfy_sdxl, monkeypatch):
+    module = pack_module("nodes.oneactor")
+    original, seen = module.tune_projector, []
+
+    def record(backend, data, base_word, settings, **kwargs):
+        seen.append(settings.mirror_target)
+        return original(backend, data, base_word, settings, **kwargs)
+
+    monkeypatch.setattr(module, "tune_projector", record)
+    comfy_nodes.NODE_CLASS_MAPPINGS["ProtagonistTest_TinyModels"] = tiny_loader_node(comfy_sdxl)
+    trainer = {"model": ["1", 0], "clip": ["1", 1], "latents": ["2", 1], "features": ["2", 2], "target_index": 0,
+               "base_word": "blob", "templates": "a photo of a {}", "steps": 2, "aux_per_batch": 2, "lr": 1e-4,
+               "seed": 0, "scenes": "on a beach, on the left"}
+    for with_vae in (True, False):
+        prompt = {
+            "1": {"class_type": "ProtagonistTest_TinyModels", "inputs": {}},
+            "2": {"class_type": "Protagonist_ProposalSampler", "inputs": proposal_sampler_inputs()},
+            "3": {"class_type": "Protagonist_OneActorProjectorTrainer",
+                  "inputs": {**trainer, **({"vae": ["1", 2]} if with_vae else {})}},
+            "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 1]}},
+        }
+        outputs, _ = run_prompt(prompt)
+        assert len(outputs["4"]["images"]) == 1
+    assert seen == [True, False]
