@@ -40,13 +40,20 @@ def _recipe_flags(args) -> str:
             f"--prenominal {args.prenominal} --held-panel {args.held_panel} --seed {args.seed}")
 
 
+def _caption_and_grid_clauses(args) -> str:
+    """The recipe's caption and grid options, as both cards describe them."""
+    return ((f", the adjectives before the class word hidden from the denoiser in {args.hide_modifiers:.0%} of "
+             "captions (`hide_modifiers`)" if args.hide_modifiers else "")
+            + (f", the adjectives before the class word folded into its state in {args.fold_modifiers:.0%} of "
+               "captions (`fold_modifiers`)" if args.fold_modifiers else "")
+            + (f", one panel held almost clean and left out of the loss in {args.held_panel:.0%} of the grids "
+               "(`held_panel_noise`)" if args.held_panel else ""))
+
+
 def _training_lines(args) -> list[str]:
     """What a from-scratch card says about the denoiser's recipe beyond the step counts."""
-    return [f"* learning rate {args.lr}, EMA decay {args.ema}; adjectives before the class word in "
-            f"{args.prenominal:.0%} of the captions that name eyes or accessory"
-            + (f", folded into its state in {args.fold_modifiers:.0%} (`fold_modifiers`)" if args.fold_modifiers else "")
-            + (f", hidden in {args.hide_modifiers:.0%} (`hide_modifiers`)" if args.hide_modifiers else "")
-            + (f"; one grid panel held almost clean in {args.held_panel:.0%} of the grids" if args.held_panel else "")]
+    return [f"* learning rate {args.lr}, EMA decay {args.ema}; eyes and accessory as adjectives before the class "
+            f"word in {args.prenominal:.0%} of the captions that name them" + _caption_and_grid_clauses(args)]
 
 
 def _stage_title(args) -> str:
@@ -69,12 +76,7 @@ def write_finetune_card(folder: Path, previous_card: str, args, losses, seconds:
         f"* {args.steps} steps × {args.batch}, learning rate {args.lr}, EMA decay {args.ema} (the EMA weights are saved)"
         + (f", one batch of grids every {args.grid_every} steps" if args.grid_every else "")
         + (f", loss weight {args.sprite_weight} on the characters' pixels" if args.sprite_weight != 1.0 else "")
-        + (f", the adjectives before the class word hidden from the denoiser in {args.hide_modifiers:.0%} of "
-           "captions (`hide_modifiers`)" if args.hide_modifiers else "")
-        + (f", the adjectives before the class word folded into its state in {args.fold_modifiers:.0%} of "
-           "captions (`fold_modifiers`)" if args.fold_modifiers else "")
-        + (f", one panel held almost clean and left out of the loss in {args.held_panel:.0%} of the grids "
-           "(`held_panel_noise`)" if args.held_panel else ""),
+        + _caption_and_grid_clauses(args),
         *([f"* flow shift {FLUX_FLOW_SHIFT} for training noise levels and sampling (ComfyUI's FLUX default)"]
           if args.family == "flux" else []),
         *([f"* first the VAE: {args.vae_grid_steps} steps teaching it to code 2×2 grids as their four panels "

@@ -53,24 +53,3 @@ def _noise_after_sigmas(latents, seed):
     FlowSchedule().training_sigmas(latents.shape[0], generator)
     return torch.randn(latents.shape, generator=generator)
 
-
-def test_the_held_quadrant_is_left_out_of_the_grid_loss(monkeypatch):
-    import protagonist.sprites.train_models as train_models
-
-    class Backend:
-        def encode_images(self, images):
-            return torch.zeros(len(images), 4, 16, 16)
-
-        def encode_prompts(self, prompts, image_size=None):
-            return None
-
-    seen = {}
-
-    def error_on_held_positions(backend, latents, cond, generator, noise_scale=None):
-        seen["scale"] = noise_scale
-        return (noise_scale < 1).float().expand_as(latents).clone()  # the network errs only where held
-
-    monkeypatch.setattr(train_models, "denoising_error", error_on_held_positions)
-    loss = train_models.denoiser_loss(Backend(), torch.zeros(4, 3, 64, 64), ["a"] * 4,
-                                      torch.Generator().manual_seed(0), held_rate=1.0)
-    assert (seen["scale"] < 1).any() and loss.item() == 0.0

@@ -99,15 +99,21 @@ def test_flux_finetune_can_first_teach_the_vae_grids_and_says_so(tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
+class LatentsOnly:
+    """What `denoiser_loss` asks of a backend before the denoising error, which the tests replace."""
+
+    def __init__(self, side: int):
+        self.side = side
+
+    def encode_images(self, images):
+        return torch.zeros(len(images), 4, self.side, self.side)
+
+    def encode_prompts(self, prompts, image_size=None):
+        return None
+
+
 def test_sprite_weighted_loss_is_the_plain_mean_at_weight_one_and_leans_on_the_character_above(monkeypatch):
     import protagonist.sprites.train_models as train_models
-
-    class Backend:
-        def encode_images(self, images):
-            return torch.zeros(len(images), 4, 8, 8)
-
-        def encode_prompts(self, prompts, image_size=None):
-            return None
 
     error = torch.zeros(2, 4, 8, 8)
     error[..., :4] = 1.0  # the denoiser errs on the left half only
@@ -115,11 +121,26 @@ def test_sprite_weighted_loss_is_the_plain_mean_at_weight_one_and_leans_on_the_c
     images, masks = torch.zeros(2, 3, 32, 32), torch.zeros(2, 1, 32, 32)
     masks[..., :16] = 1.0  # and the character is on the left half
     assert train_models.sprite_weights(masks, 1.0) is None
-    plain = train_models.denoiser_loss(Backend(), images, ["a", "b"], torch.Generator().manual_seed(0))
-    weighted = train_models.denoiser_loss(Backend(), images, ["a", "b"], torch.Generator().manual_seed(0),
+    plain = train_models.denoiser_loss(LatentsOnly(8), images, ["a", "b"], torch.Generator().manual_seed(0))
+    weighted = train_models.denoiser_loss(LatentsOnly(8), images, ["a", "b"], torch.Generator().manual_seed(0),
                                           pixel_weights=train_models.sprite_weights(masks, 3.0))
     assert plain.item() == pytest.approx(0.5)
     assert weighted.item() == pytest.approx(3.0 / 4.0)
+
+
+def test_the_held_quadrant_is_left_out_of_the_grid_loss(monkeypatch):
+    import protagonist.sprites.train_models as train_models
+
+    seen = {}
+
+    def error_on_held_positions(backend, latents, cond, generator, noise_scale=None):
+        seen["scale"] = noise_scale
+        return (noise_scale < 1).float().expand_as(latents).clone()  # the network errs only where held
+
+    monkeypatch.setattr(train_models, "denoising_error", error_on_held_positions)
+    loss = train_models.denoiser_loss(LatentsOnly(16), torch.zeros(4, 3, 64, 64), ["a"] * 4,
+                                      torch.Generator().manual_seed(0), held_rate=1.0)
+    assert (seen["scale"] < 1).any() and loss.item() == 0.0
 
 
 def test_flux_sprite_model_trains_and_samples_at_comfyuis_flux_shift():
@@ -195,4 +216,4 @@ def test_a_from_scratch_card_repeats_every_recipe_flag(tmp_path):
     for flag in ("--steps 6500", "--vae-steps 1000", "--threads 2", "--lr 0.0005", "--ema 0.999", "--sprite-weight 6.0",
                  "--fold-modifiers 0.8", "--prenominal 0.9", "--held-panel 0.0", "--seed 20"):
         assert flag in card
-    assert "folded into its state in 80%" in card
+    assert "folded into its state in 80% of captions" in card
