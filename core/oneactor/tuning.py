@@ -49,10 +49,6 @@ class OneActorTuning:
     # cannot carry what is particular to one image as easily (the tuned offset overfits the target:
     # bench/results/sprite_methods.md, session 11).
     mirror_target: bool = True
-    # The paper's other augmentation, the crop: this many crops of the target (and of its mirror image, when
-    # mirrored), each a `crop_scale` window at a corner, resized back to the full image.
-    target_crops: int = 0
-    crop_scale: float = 0.875
 
 
 _MIRRORED = {"left": "right", "right": "left"}
@@ -95,38 +91,14 @@ class ProposalSet:
         caption = template.format(base_word)
         return [f"{caption} {scene}" if scene else caption for scene in (self.scenes or [""] * len(self.latents))]
 
-    def with_target_views(self, backend: DiffusionBackend, mirror: bool, crops: int = 0,
-                          crop_scale: float = 0.875) -> tuple["ProposalSet", int]:
-        """The set with augmented views of the target appended as last rows, and the number of target views
-        (the target included). Views are drawn through the VAE: decoded, mirrored or cropped, encoded."""
+    def with_mirrored_target(self, backend: DiffusionBackend) -> tuple["ProposalSet", int]:
+        """The set with the target's mirror image appended as a last row (its scene mirrored too), and the
+        number of target views (2). The mirror is drawn through the VAE: decoded, flipped, encoded."""
         with torch.no_grad():
             image = backend.decode_latents(self.latents[:1].to(backend.device, backend.dtype))
-            views, scenes = [image], [self.scenes[0] if self.scenes else ""]
-            if mirror:
-                views.append(image.flip(-1))
-                scenes.append(mirrored_text(scenes[0]))
-            whole = len(views)
-            for k in range(crops):
-                views.append(corner_crop(views[k % whole], k, crop_scale))
-                scenes.append(scenes[k % whole])
-            extra = backend.encode_images(torch.cat(views[1:])).to(self.latents) if len(views) > 1 else None
-        if extra is None:
-            return self, 1
-        return ProposalSet(torch.cat([self.latents, extra]), self.features, self.image_size,
-                           None if self.scenes is None else [*self.scenes, *scenes[1:]]), len(views)
-
-    def with_mirrored_target(self, backend: DiffusionBackend) -> tuple["ProposalSet", int]:
-        return self.with_target_views(backend, mirror=True)
-
-
-def corner_crop(image: torch.Tensor, index: int, scale: float) -> torch.Tensor:
-    """A `scale` window of `image` [B, 3, H, W] at corner `index` % 4, resized back to H × W."""
-    height, width = image.shape[-2:]
-    crop_h, crop_w = round(height * scale), round(width * scale)
-    top = 0 if index % 4 < 2 else height - crop_h
-    left = 0 if index % 2 == 0 else width - crop_w
-    window = image[..., top:top + crop_h, left:left + crop_w]
-    return torch.nn.functional.interpolate(window, size=(height, width), mode="bilinear", align_corners=False)
+            mirror = backend.encode_images(image.flip(-1)).to(self.latents)
+        scenes = None if self.scenes is None else [*self.scenes, mirrored_text(self.scenes[0])]
+        return ProposalSet(torch.cat([self.latents, mirror]), self.features, self.image_size, scenes), 2
 
 
 @dataclass
@@ -151,7 +123,7 @@ def tune_projector(backend: DiffusionBackend, data: ProposalSet, base_word: str,
     projector = new_projector(backend, data.features, settings.seed).to(backend.device)
     optimizer = torch.optim.AdamW(projector.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     proposals = data.latents.shape[0]
-    data, views = data.with_target_views(backend, settings.mirror_target, settings.target_crops, settings.crop_scale)
+    data, views = data.with_mirrored_target(backend) if settings.mirror_target else (data, 1)
     template_conds = _encoded_captions(backend, data, settings.templates, base_word)
     spans = len(template_conds[0][0].word_positions[0])
     if spans > 1:

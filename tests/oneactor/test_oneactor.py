@@ -210,29 +210,3 @@ def test_the_target_comes_as_itself_and_its_mirror_image(tiny_sdxl_backend, prop
     tune_projector(tiny_sdxl_backend, data, "blob", OneActorTuning(steps=4, lambda_aux=0.0, lambda_aver=0.0,
                                                                    mirror_target=False))
     assert all(torch.equal(rows[0], mirrored.latents[0]) for rows in fed)
-
-
-def test_corner_crops_are_windows_of_the_image_resized_back():
-    from protagonist.core.oneactor.tuning import corner_crop
-
-    image = torch.arange(64.0).reshape(1, 1, 8, 8).expand(1, 3, 8, 8)
-    crops = [corner_crop(image, k, 0.5) for k in range(4)]
-    assert all(c.shape == image.shape for c in crops)
-    # a half-size window doubled by bilinear resizing keeps its corner pixels' neighbourhood
-    assert [float(c[0, 0].mean()) for c in crops] == [float(image[0, 0, r:r + 4, q:q + 4].mean())
-                                                      for r, q in ((0, 0), (0, 4), (4, 0), (4, 4))]
-
-
-def test_crops_of_the_target_and_its_mirror_join_the_views(tiny_sdxl_backend, proposals):
-    from protagonist.core.oneactor.tuning import corner_crop
-
-    data = ProposalSet.from_proposals(proposals, target=0, image_size=(32, 32), scenes=["on a beach, on the left"] * 5)
-    augmented, views = data.with_target_views(tiny_sdxl_backend, mirror=True, crops=2)
-    assert views == 4 and augmented.latents.shape[0] == 5 + 3
-    assert augmented.scenes[5:] == ["on a beach, on the right", "on a beach, on the left", "on a beach, on the right"]
-    with torch.no_grad():
-        image = tiny_sdxl_backend.decode_latents(proposals.latents[:1])
-        expected = tiny_sdxl_backend.encode_images(torch.cat([image.flip(-1), corner_crop(image, 0, 0.875),
-                                                              corner_crop(image.flip(-1), 1, 0.875)]))
-    assert torch.allclose(augmented.latents[5:], expected, atol=1e-5)
-    assert data.with_target_views(tiny_sdxl_backend, mirror=False)[1] == 1
