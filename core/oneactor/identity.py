@@ -60,10 +60,8 @@ def load_identity(path: str | Path, backend: DiffusionBackend | None = None) -> 
     if backend is not None:
         check_compatible(metadata["family"], width, backend, path)
     tensors = load_file(str(path))
-    projector = Projector(*shape, width).set_output_basis(tensors.get("projector.output_basis"))
-    state = {k[10:]: v for k, v in tensors.items() if k.startswith("projector.")}
-    state.setdefault("output_basis", projector.output_basis)  # files from before the offset subspace
-    projector.load_state_dict(state)
+    projector = Projector(*shape, width)
+    projector.load_state_dict({k[10:]: v for k, v in tensors.items() if k.startswith("projector.")})
     return OneActorIdentity(projector.eval(), tensors["delta_target"], tensors["delta_aux"], metadata["base_word"],
                             metadata["family"], shape)
 

@@ -49,13 +49,6 @@ class Projector(nn.Module):
             flat = self.stages.eval()(torch.zeros(1, channels, height, width)).numel()
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(flat, out_width), nn.LayerNorm(out_width))
         self.apply(_xavier)
-        # Orthonormal rows [k, out_width] the offset is kept in (core/oneactor/subspace.py); none when k = 0.
-        self.register_buffer("output_basis", torch.zeros(0, out_width))
-
-    def set_output_basis(self, basis: torch.Tensor | None) -> "Projector":
-        width = self.output_basis.shape[1]
-        self.output_basis = torch.zeros(0, width) if basis is None else basis.detach().float().clone()
-        return self
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         if tuple(features.shape[1:]) != self.feature_shape:
@@ -64,11 +57,7 @@ class Projector(nn.Module):
             raise ProtagonistError(
                 f"features of shape {tuple(features.shape[1:])} do not fit a projector made for "
                 f"{self.feature_shape}: they come from another model or resolution")
-        offsets = self.head(self.stages(features))
-        if self.output_basis.shape[0] == 0:
-            return offsets
-        basis = self.output_basis.to(offsets)
-        return (offsets @ basis.T) @ basis
+        return self.head(self.stages(features))
 
 
 def _xavier(module: nn.Module) -> None:

@@ -25,7 +25,6 @@ from ..interface import (
 )
 from ..training import check_noisiest_share, denoising_error, optimisation_step, per_sample
 from .projector import Projector
-from .subspace import backend_words, word_state_basis
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +49,6 @@ class OneActorTuning:
     # cannot carry what is particular to one image as easily (the tuned offset overfits the target:
     # bench/results/sprite_methods.md, session 11).
     mirror_target: bool = True
-    # > 0: the offset is kept in the span of this many principal directions in which preceding words move the
-    # base word's encoded state (core/oneactor/subspace.py); 0: free, as in the paper.
-    word_subspace: int = 0
-    subspace_words: tuple[str, ...] = ()  # () = the backend tokenizer's vocabulary
 
 
 _MIRRORED = {"left": "right", "right": "left"}
@@ -125,11 +120,7 @@ def tune_projector(backend: DiffusionBackend, data: ProposalSet, base_word: str,
         raise ProtagonistError("OneActor needs the target and at least one auxiliary proposal")
     check_noisiest_share(settings.noisiest_share)
     generator = torch.Generator().manual_seed(settings.seed)
-    projector = new_projector(backend, data.features, settings.seed)
-    if settings.word_subspace:
-        words = settings.subspace_words or backend_words(backend)
-        projector.set_output_basis(word_state_basis(backend, base_word, words, settings.word_subspace))
-    projector = projector.to(backend.device)
+    projector = new_projector(backend, data.features, settings.seed).to(backend.device)
     optimizer = torch.optim.AdamW(projector.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     proposals = data.latents.shape[0]
     data, views = data.with_mirrored_target(backend) if settings.mirror_target else (data, 1)
