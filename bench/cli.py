@@ -13,7 +13,7 @@ import torch
 from ..cli import load_model
 from .harness import PlainSampling, SamplingSettings, read_characters, run_method
 from .methods.chosen_one import ChosenOneMethod, PureClusterCeiling
-from .methods.oneactor import OneActorMethod, OneActorRecipe
+from .methods.oneactor import NamedOffsetCeiling, OneActorMethod, OneActorRecipe
 from .methods.reference import NamedIdentity
 from .overrides import parse_overrides
 from .report import markdown_table, table_row, write_contact_sheet
@@ -32,6 +32,8 @@ METHODS = {
     "oneactor-no-aux": lambda embedder, out, sets: OneActorMethod(
         "oneactor-no-aux", recipe=OneActorRecipe(guidance=replace(OneActorRecipe().guidance, eta_aux=0.0)),
         overrides=sets),
+    # The ceiling of OneActor's mechanism: the fully named prompt's class-word offset, no tuning.
+    "oneactor-named-offset": lambda embedder, out, sets: NamedOffsetCeiling(overrides=sets),
 }
 
 

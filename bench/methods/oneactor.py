@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from types import SimpleNamespace
+
+import torch
 
 from ...core.oneactor.guidance import ClusterGuidance, draw_identity
 from ...core.oneactor.identity import OneActorIdentity, make_identity
 from ...core.oneactor.tuning import OneActorTuning, ProposalSet, tune_projector
 from ...core.proposals import ProposalSettings, generate_proposals, prompt_template, scene_prompts, scenes_for
+from ...sprites.attributes import IDENTITY_ATTRIBUTES
+from ...sprites.captions import blob_phrase
 from ..overrides import apply_overrides
 from .chosen_one import held_out_scenes
+from .reference import identity_for
 
 
 @dataclass
@@ -78,5 +84,32 @@ class OneActorMethod:
 
     def generate(self, backend, identity: OneActorIdentity, prompts, seeds, settings):
         guidance = replace(self.recipe.guidance, cfg=settings.cfg)
+        return draw_identity(backend, identity, prompts, seeds, guidance, settings.size, settings.steps,
+                             settings.sampler, settings.negative)
+
+
+class NamedOffsetCeiling:
+    """OneActor's ceiling row: the offset a perfect tuning could hand the sampler.
+
+    The offset is the class word's encoded state in the fully named prompt (the `named-identity` row's
+    identity) minus its state in the subject prompt, drawn with the recipe's guidance (η2 = 0: there are no
+    auxiliaries). No tuning, no proposals; the gap to `oneactor` is the tuning's, the gap to 100 % the model's.
+    """
+
+    def __init__(self, name: str = "oneactor-named-offset", base_word: str = "blob",
+                 recipe: OneActorRecipe | None = None, overrides: dict | None = None):
+        self.name, self.base_word = name, base_word
+        self.recipe = apply_overrides(recipe or OneActorRecipe(), overrides or {})
+
+    def prepare(self, backend, character, seed) -> SimpleNamespace:
+        full = blob_phrase(identity_for(character.subject, seed), IDENTITY_ATTRIBUTES, prenominal=True)
+        with torch.no_grad():
+            named, subject = (backend.encode_prompts([text], word=self.base_word) for text in (full, character.subject))
+        offset = (named.embeds[0, named.word_positions[0]] - subject.embeds[0, subject.word_positions[0]]).mean(dim=0)
+        return SimpleNamespace(delta_target=offset.float(), delta_aux=torch.zeros_like(offset.float()),
+                               base_word=self.base_word)
+
+    def generate(self, backend, identity, prompts, seeds, settings):
+        guidance = replace(self.recipe.guidance, eta_aux=0.0, cfg=settings.cfg)
         return draw_identity(backend, identity, prompts, seeds, guidance, settings.size, settings.steps,
                              settings.sampler, settings.negative)

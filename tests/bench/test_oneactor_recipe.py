@@ -27,3 +27,31 @@ def test_oneactor_tunes_on_the_characters_subject_with_the_base_word_open(tiny_s
     oneactor.OneActorMethod(recipe=apply_overrides(recipe, {"subject_captions": False})).prepare(
         tiny_sdxl_backend, character, seed=0)
     assert seen[-1][0] == ("a {}",)
+
+
+def test_the_ceiling_row_hands_the_sampler_the_named_prompts_class_word_offset(tiny_sdxl_backend, monkeypatch):
+    import torch
+
+    from protagonist.bench.methods.reference import identity_for
+    from protagonist.sprites.attributes import IDENTITY_ATTRIBUTES
+    from protagonist.sprites.captions import blob_phrase
+
+    character = Character("a red blob", ["on a beach, on the left", "at night, in the center"])
+    method = oneactor.NamedOffsetCeiling()
+    identity = method.prepare(tiny_sdxl_backend, character, seed=3)
+    full = blob_phrase(identity_for("a red blob", 3), IDENTITY_ATTRIBUTES, prenominal=True)
+    with torch.no_grad():
+        named = tiny_sdxl_backend.encode_prompts([full], word="blob")
+        subject = tiny_sdxl_backend.encode_prompts(["a red blob"], word="blob")
+    # subject state + offset = the named state: the class word then reads as in the fully named prompt
+    assert torch.allclose(subject.embeds[0, subject.word_positions[0][0]] + identity.delta_target,
+                          named.embeds[0, named.word_positions[0][0]], atol=1e-5)
+    assert not identity.delta_aux.any()
+    seen = []
+    monkeypatch.setattr(oneactor, "draw_identity", lambda backend, ident, prompts, seeds, guidance, *a: (
+        seen.append(guidance), torch.zeros(len(prompts), 3, 32, 32))[1])
+    from protagonist.bench.harness import SamplingSettings
+
+    method.generate(tiny_sdxl_backend, identity, character.prompts, [0, 1], SamplingSettings(cfg=3.0))
+    assert seen[0].eta_aux == 0.0 and seen[0].eta_target == OneActorRecipe().guidance.eta_target
+    assert seen[0].cfg == 3.0
