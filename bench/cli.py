@@ -27,11 +27,11 @@ METHODS = {
     "chosen-one-paper": lambda embedder, out, sets: ChosenOneMethod("paper", embedder, out / "runs", overrides=sets),
     "chosen-one-fast": lambda embedder, out, sets: ChosenOneMethod("fast", embedder, out / "runs", overrides=sets),
     "chosen-one-fast-pure-cluster": lambda embedder, out, sets: PureClusterCeiling("fast", overrides=sets),
-    "oneactor": lambda embedder, out, sets: OneActorMethod(overrides=sets),
+    "oneactor": lambda embedder, out, sets: OneActorMethod(overrides=sets, embedder=embedder),
     # The same recipe without the auxiliary term (η2 = 0): guided sampling at plain CFG's cost.
     "oneactor-no-aux": lambda embedder, out, sets: OneActorMethod(
         "oneactor-no-aux", recipe=OneActorRecipe(guidance=replace(OneActorRecipe().guidance, eta_aux=0.0)),
-        overrides=sets),
+        overrides=sets, embedder=embedder),
     # The ceiling of OneActor's mechanism: the fully named prompt's class-word offset, no tuning.
     "oneactor-named-offset": lambda embedder, out, sets: NamedOffsetCeiling(overrides=sets),
 }

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+import torch
+
 from protagonist.bench.harness import Character
 from protagonist.bench.methods import oneactor
 from protagonist.bench.methods.oneactor import OneActorRecipe
@@ -55,3 +58,38 @@ def test_the_ceiling_row_hands_the_sampler_the_named_prompts_class_word_offset(t
     method.generate(tiny_sdxl_backend, identity, character.prompts, [0, 1], SamplingSettings(cfg=3.0))
     assert seen[0].eta_aux == 0.0 and seen[0].eta_target == OneActorRecipe().guidance.eta_target
     assert seen[0].cfg == 3.0
+
+
+def test_with_several_candidates_the_identity_drawing_the_tightest_images_is_kept(tiny_sdxl_backend, monkeypatch):
+    tuned_targets, spreads = [], iter([0.9, 0.2, 0.5])
+    real_tune = oneactor.OneActorMethod._tune
+
+    def tune(self, backend, character, proposals, scenes, seed, target):
+        tuned_targets.append(target)
+        return real_tune(self, backend, character, proposals, scenes, seed, target)
+
+    monkeypatch.setattr(oneactor.OneActorMethod, "_tune", tune)
+    monkeypatch.setattr(oneactor.OneActorMethod, "_check_spread", lambda self, *a: next(spreads))
+    recipe = apply_overrides(OneActorRecipe(), {"proposals": 3, "proposal_steps": 1, "tuning.steps": 1,
+                                                "candidates": 3})
+    character = Character("a red blob", ["on a beach, on the left"])
+    kept = oneactor.OneActorMethod(recipe=recipe).prepare(tiny_sdxl_backend, character, seed=0)
+    assert tuned_targets == [0, 1, 2]
+    alone = oneactor.OneActorMethod(recipe=apply_overrides(recipe, {"target": 1, "candidates": 1})).prepare(
+        tiny_sdxl_backend, character, seed=0)
+    assert torch.equal(kept.delta_target, alone.delta_target)  # the second candidate, spread 0.2
+
+
+def test_the_check_images_are_drawn_in_held_out_scenes_and_measured_by_the_embedder(tiny_sdxl_backend, monkeypatch):
+    drawn = []
+    monkeypatch.setattr(oneactor, "draw_identity", lambda backend, identity, prompts, seeds, *a: (
+        drawn.append((prompts, seeds)), torch.stack([torch.full((3, 32, 32), float(k)) for k in range(len(seeds))]))[1])
+    monkeypatch.setattr(oneactor, "embed_images", lambda embedder, images: images.flatten(1)[:, :2])
+    method = oneactor.OneActorMethod(recipe=apply_overrides(OneActorRecipe(), {"check_images": 3}), embedder=object())
+    spread = method._check_spread(tiny_sdxl_backend, None, "a red blob", ("in a city", "at night"), seed=40)
+    prompts, seeds = drawn[0]
+    assert prompts == ["a red blob in a city", "a red blob at night", "a red blob in a city"]
+    assert seeds == [140, 141, 142]
+    assert abs(spread - (2 ** 0.5 * (1 + 2 + 1) / 3)) < 1e-5  # distances 1, 2 and 1 between [k, k] points
+    with pytest.raises(ValueError, match="embedder"):
+        oneactor.OneActorMethod()._check_spread(tiny_sdxl_backend, None, "a red blob", ("in a city",), seed=0)
