@@ -20,7 +20,7 @@ def test_oneactor_tunes_on_the_characters_subject_with_the_base_word_open(tiny_s
         return real_tune(backend, data, base_word, settings)
 
     monkeypatch.setattr(oneactor, "tune_projector", spy)
-    recipe = apply_overrides(OneActorRecipe(), {"proposals": 2, "proposal_steps": 1, "tuning.steps": 1})
+    recipe = apply_overrides(OneActorRecipe(), {"proposals": 2, "proposal_steps": 1, "tuning.steps": 1, "candidates": 1})
     character = Character("a red blob with a hat", ["on a beach, on the left"])
     oneactor.OneActorMethod(recipe=recipe).prepare(tiny_sdxl_backend, character, seed=0)
     templates, captions = seen[-1]
