@@ -72,6 +72,9 @@ class OneActorRecipe:
     check_images: int = 5
 
 
+SIZE = (32, 32)  # the sprite world's images
+
+
 class OneActorMethod:
     def __init__(self, name: str = "oneactor", base_word: str = "blob", recipe: OneActorRecipe | None = None,
                  overrides: dict | None = None, embedder=None):
@@ -80,9 +83,8 @@ class OneActorMethod:
 
     def prepare(self, backend, character, seed) -> OneActorIdentity:
         r = self.recipe
-        size = (32, 32)
         settings = ProposalSettings(count=r.proposals, seed=seed, steps=r.proposal_steps, cfg=r.proposal_cfg,
-                                    height=size[0], width=size[1], batch_size=r.proposals)
+                                    height=SIZE[0], width=SIZE[1], batch_size=r.proposals)
         scenes = held_out_scenes(character) if r.scenes == "held-out" else tuple(r.scenes)
         prompts = scene_prompts(character.subject, scenes, r.proposals)
         proposals = generate_proposals(backend, prompts, "", settings, feature_point="mid_block")
@@ -95,7 +97,7 @@ class OneActorMethod:
 
     def _tune(self, backend, character, proposals, scenes, seed, target) -> OneActorIdentity:
         r = self.recipe
-        data = ProposalSet.from_proposals(proposals, target, (32, 32),
+        data = ProposalSet.from_proposals(proposals, target, SIZE,
                                           scenes_for(scenes, range(r.proposals)) if scenes else None)
         tuning = replace(r.tuning, seed=seed)
         if r.subject_captions:
@@ -108,9 +110,9 @@ class OneActorMethod:
         if self.embedder is None:
             raise ValueError("choosing among several tuned targets needs the embedder")
         r = self.recipe
-        prompts = scene_prompts(subject, scenes or ("",), r.check_images)
-        seeds = [seed + 100 + k for k in range(r.check_images)]
-        images = draw_identity(backend, identity, prompts, seeds, r.guidance, (32, 32), r.proposal_steps, "dpmpp_2m")
+        prompts = scene_prompts(subject, scenes, r.check_images)
+        seeds = [seed + 100 + k for k in range(r.check_images)]  # none of the benchmark's own image seeds
+        images = draw_identity(backend, identity, prompts, seeds, r.guidance, SIZE, r.proposal_steps, "dpmpp_2m")
         return mean_pairwise_distance(embed_images(self.embedder, images))
 
     def generate(self, backend, identity: OneActorIdentity, prompts, seeds, settings):
