@@ -5,9 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from protagonist.bench.harness import Character
+from protagonist.bench.harness import Character, SamplingSettings
 from protagonist.bench.methods import oneactor
 from protagonist.bench.methods.oneactor import OneActorRecipe
+from protagonist.bench.methods.reference import identity_for
+from protagonist.sprites.attributes import IDENTITY_ATTRIBUTES
+from protagonist.sprites.captions import blob_phrase
 from protagonist.bench.overrides import apply_overrides
 
 
@@ -20,7 +23,8 @@ def test_oneactor_tunes_on_the_characters_subject_with_the_base_word_open(tiny_s
         return real_tune(backend, data, base_word, settings)
 
     monkeypatch.setattr(oneactor, "tune_projector", spy)
-    recipe = apply_overrides(OneActorRecipe(), {"proposals": 2, "proposal_steps": 1, "tuning.steps": 1, "candidates": 1})
+    recipe = apply_overrides(OneActorRecipe(), {"proposals": 2, "proposal_steps": 1, "tuning.steps": 1,
+                                                "candidates": 1})
     character = Character("a red blob with a hat", ["on a beach, on the left"])
     oneactor.OneActorMethod(recipe=recipe).prepare(tiny_sdxl_backend, character, seed=0)
     templates, captions = seen[-1]
@@ -33,12 +37,6 @@ def test_oneactor_tunes_on_the_characters_subject_with_the_base_word_open(tiny_s
 
 
 def test_the_ceiling_row_hands_the_sampler_the_named_prompts_class_word_offset(tiny_sdxl_backend, monkeypatch):
-    import torch
-
-    from protagonist.bench.methods.reference import identity_for
-    from protagonist.sprites.attributes import IDENTITY_ATTRIBUTES
-    from protagonist.sprites.captions import blob_phrase
-
     character = Character("a red blob", ["on a beach, on the left", "at night, in the center"])
     method = oneactor.NamedOffsetCeiling()
     identity = method.prepare(tiny_sdxl_backend, character, seed=3)
@@ -53,8 +51,6 @@ def test_the_ceiling_row_hands_the_sampler_the_named_prompts_class_word_offset(t
     seen = []
     monkeypatch.setattr(oneactor, "draw_identity", lambda backend, ident, prompts, seeds, guidance, *a: (
         seen.append(guidance), torch.zeros(len(prompts), 3, 32, 32))[1])
-    from protagonist.bench.harness import SamplingSettings
-
     method.generate(tiny_sdxl_backend, identity, character.prompts, [0, 1], SamplingSettings(cfg=3.0))
     assert seen[0].eta_aux == 0.0 and seen[0].eta_target == OneActorRecipe().guidance.eta_target
     assert seen[0].cfg == 3.0
