@@ -116,9 +116,7 @@ class OneActorMethod:
         return mean_pairwise_distance(embed_images(self.embedder, images))
 
     def generate(self, backend, identity: OneActorIdentity, prompts, seeds, settings):
-        guidance = replace(self.recipe.guidance, cfg=settings.cfg)
-        return draw_identity(backend, identity, prompts, seeds, guidance, settings.size, settings.steps,
-                             settings.sampler, settings.negative)
+        return draw_with_settings(backend, identity, prompts, seeds, self.recipe.guidance, settings)
 
 
 class NamedOffsetCeiling:
@@ -143,6 +141,11 @@ class NamedOffsetCeiling:
                                base_word=self.base_word)
 
     def generate(self, backend, identity, prompts, seeds, settings):
-        guidance = replace(self.recipe.guidance, eta_aux=0.0, cfg=settings.cfg)
-        return draw_identity(backend, identity, prompts, seeds, guidance, settings.size, settings.steps,
-                             settings.sampler, settings.negative)
+        guidance = replace(self.recipe.guidance, eta_aux=0.0)
+        return draw_with_settings(backend, identity, prompts, seeds, guidance, settings)
+
+
+def draw_with_settings(backend, identity, prompts, seeds, guidance: ClusterGuidance, settings):
+    """Cluster-guided images at the benchmark's sampling settings (its CFG after the cluster phase)."""
+    return draw_identity(backend, identity, prompts, seeds, replace(guidance, cfg=settings.cfg), settings.size,
+                         settings.steps, settings.sampler, settings.negative)
