@@ -70,11 +70,6 @@ class OneActorRecipe:
     # 65.4 %), for 44,640 instead of 25,440 tuning evaluations (session 16).
     candidates: int = 2
     check_images: int = 5
-    # How the check images' spread is summed up: "mean" or "median" of their pairwise embedder distances.
-    check_spread: str = "mean"
-    # > 0: tune the kept target once more, with this many of its check images (those the embedder finds closest
-    # to the target) as further views of it, so that the offset has to hold in several scenes (our addition).
-    distill_views: int = 0
 
 
 SIZE = (32, 32)  # the sprite world's images
@@ -93,53 +88,32 @@ class OneActorMethod:
         scenes = held_out_scenes(character) if r.scenes == "held-out" else tuple(r.scenes)
         prompts = scene_prompts(character.subject, scenes, r.proposals)
         proposals = generate_proposals(backend, prompts, "", settings, feature_point="mid_block")
-        targets = range(r.target, r.target + r.candidates)
-        identities = [self._tune(backend, character, proposals, scenes, seed, target) for target in targets]
-        if len(identities) == 1 and not r.distill_views:
+        identities = [self._tune(backend, character, proposals, scenes, seed, target)
+                      for target in range(r.target, r.target + r.candidates)]
+        if len(identities) == 1:
             return identities[0]
-        checks = [self._check_images(backend, identity, character.subject, scenes, seed) for identity in identities]
-        spreads = [self._spread(embed_images(self.embedder, images)) for images in checks]
-        best = spreads.index(min(spreads))
-        if not r.distill_views:
-            return identities[best]
-        views = self._agreeing_views(backend, proposals.images[targets[best]], checks[best], scenes)
-        return self._tune(backend, character, proposals, scenes, seed, targets[best], views)
+        spreads = [self._check_spread(backend, identity, character.subject, scenes, seed) for identity in identities]
+        return identities[spreads.index(min(spreads))]
 
-    def _tune(self, backend, character, proposals, scenes, seed, target, views=None) -> OneActorIdentity:
+    def _tune(self, backend, character, proposals, scenes, seed, target) -> OneActorIdentity:
         r = self.recipe
         data = ProposalSet.from_proposals(proposals, target, SIZE,
                                           scenes_for(scenes, range(r.proposals)) if scenes else None)
-        if views is not None:
-            data = replace(data, extra_views=views[0], extra_scenes=views[1])
         tuning = replace(r.tuning, seed=seed)
         if r.subject_captions:
             tuning = replace(tuning, templates=(prompt_template(character.subject, self.base_word),))
         tuned = tune_projector(backend, data, self.base_word, tuning)
         return make_identity(tuned.projector, data.features, self.base_word, backend.family)
 
-    def _check_images(self, backend, identity, subject, scenes, seed) -> torch.Tensor:
-        """`check_images` images of the identity in the held-out scenes, at seeds the benchmark does not use."""
+    def _check_spread(self, backend, identity, subject, scenes, seed) -> float:
+        """Mean pairwise embedder distance of `check_images` images of the identity in the held-out scenes."""
         if self.embedder is None:
             raise ValueError("choosing among several tuned targets needs the embedder")
         r = self.recipe
         prompts = scene_prompts(subject, scenes, r.check_images)
         seeds = [seed + 100 + k for k in range(r.check_images)]  # none of the benchmark's own image seeds
-        return draw_identity(backend, identity, prompts, seeds, r.guidance, SIZE, r.proposal_steps, "dpmpp_2m")
-
-    def _spread(self, embeddings: torch.Tensor) -> float:
-        if self.recipe.check_spread == "mean":
-            return mean_pairwise_distance(embeddings)
-        return torch.pdist(embeddings.float()).median().item()
-
-    def _agreeing_views(self, backend, target_image, check_images, scenes) -> tuple[torch.Tensor, list[str]]:
-        """The `distill_views` check images the embedder finds closest to the target, as latents, and their scenes."""
-        embeddings = embed_images(self.embedder, torch.cat([target_image[None].float(), check_images.float()]))
-        distances = (embeddings[1:] - embeddings[0]).norm(dim=-1)
-        nearest = distances.argsort()[:self.recipe.distill_views].tolist()
-        with torch.no_grad():
-            latents = backend.encode_images(check_images[nearest])
-        check_scenes = scenes_for(scenes, range(len(check_images)))
-        return latents, [check_scenes[k] for k in nearest]
+        images = draw_identity(backend, identity, prompts, seeds, r.guidance, SIZE, r.proposal_steps, "dpmpp_2m")
+        return mean_pairwise_distance(embed_images(self.embedder, images))
 
     def generate(self, backend, identity: OneActorIdentity, prompts, seeds, settings):
         return draw_with_settings(backend, identity, prompts, seeds, self.recipe.guidance, settings)

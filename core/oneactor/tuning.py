@@ -71,10 +71,6 @@ class ProposalSet:
     features: torch.Tensor
     image_size: tuple[int, int]
     scenes: list[str] | None = None
-    # More views of the target's identity (latents [M, C, h, w]; their scenes when `scenes` is given), such as
-    # images drawn with a first tuned offset that agree with the target: each step draws one of the views.
-    extra_views: torch.Tensor | None = None
-    extra_scenes: list[str] | None = None
 
     @classmethod
     def from_proposals(cls, proposals, target: int, image_size: tuple[int, int],
@@ -104,19 +100,6 @@ class ProposalSet:
         scenes = None if self.scenes is None else [*self.scenes, mirrored_text(self.scenes[0])]
         return ProposalSet(torch.cat([self.latents, mirror]), self.features, self.image_size, scenes), 2
 
-    def with_target_views(self, backend: DiffusionBackend, mirror: bool) -> tuple["ProposalSet", int]:
-        """The set with the target's views as rows after the proposals (its mirror image when `mirror`, then
-        `extra_views`), and the number of views of the target, the target itself included."""
-        data, views = self.with_mirrored_target(backend) if mirror else (self, 1)
-        if self.extra_views is None or len(self.extra_views) == 0:
-            return data, views
-        if self.scenes is not None and len(self.extra_scenes or ()) != len(self.extra_views):
-            raise ProtagonistError(f"got {len(self.extra_scenes or ())} scenes for {len(self.extra_views)} extra "
-                                   "target views: give one per view")
-        scenes = None if data.scenes is None else [*data.scenes, *self.extra_scenes]
-        latents = torch.cat([data.latents, self.extra_views.to(data.latents)])
-        return ProposalSet(latents, data.features, data.image_size, scenes), views + len(self.extra_views)
-
 
 @dataclass
 class TunedProjector:
@@ -140,7 +123,7 @@ def tune_projector(backend: DiffusionBackend, data: ProposalSet, base_word: str,
     projector = new_projector(backend, data.features, settings.seed).to(backend.device)
     optimizer = torch.optim.AdamW(projector.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     proposals = data.latents.shape[0]
-    data, views = data.with_target_views(backend, settings.mirror_target)
+    data, views = data.with_mirrored_target(backend) if settings.mirror_target else (data, 1)
     template_conds = _encoded_captions(backend, data, settings.templates, base_word)
     spans = len(template_conds[0][0].word_positions[0])
     if spans > 1:

@@ -210,17 +210,3 @@ def test_the_target_comes_as_itself_and_its_mirror_image(tiny_sdxl_backend, prop
     tune_projector(tiny_sdxl_backend, data, "blob", OneActorTuning(steps=4, lambda_aux=0.0, lambda_aver=0.0,
                                                                    mirror_target=False))
     assert all(torch.equal(rows[0], mirrored.latents[0]) for rows in fed)
-
-
-def test_extra_target_views_follow_the_mirror_with_their_scenes(tiny_sdxl_backend, proposals):
-    from dataclasses import replace
-
-    data = ProposalSet.from_proposals(proposals, target=0, image_size=(32, 32), scenes=["at night"] * 5)
-    extra = torch.randn(2, *proposals.latents.shape[1:])
-    viewed, views = replace(data, extra_views=extra, extra_scenes=["on a beach", "in a forest"]).with_target_views(
-        tiny_sdxl_backend, mirror=True)
-    assert views == 4 and viewed.latents.shape[0] == 8
-    assert torch.equal(viewed.latents[-2:], extra.to(viewed.latents)) and torch.equal(viewed.latents[:5], data.latents)
-    assert viewed.scenes[5:] == ["at night", "on a beach", "in a forest"]
-    with pytest.raises(ProtagonistError, match="1 scenes for 2 extra target views"):
-        replace(data, extra_views=extra, extra_scenes=["on a beach"]).with_target_views(tiny_sdxl_backend, mirror=False)
