@@ -70,6 +70,11 @@ class OneActorRecipe:
     # 65.4 %), for 44,640 instead of 25,440 tuning evaluations (session 16).
     candidates: int = 2
     check_images: int = 5
+    # The kept target is tuned with this many seeds in all and their offsets averaged, so that what one seed's
+    # offset holds by chance averages out. Two seeds, 24 characters, seeds 1M / 2M / 3M / 4M: 70.0 / 60.8 / 65.4 /
+    # 65.4 % → 74.2 / 66.7 / 61.7 / 64.6 % (mean 65.4 → 66.8 %, validity 93.3 → 94.6 %) for 656 instead of 480
+    # tuning seconds (session 17): within the seed sets' noise, so the recipe keeps one.
+    tuning_seeds: int = 1
 
 
 SIZE = (32, 32)  # the sprite world's images
@@ -88,12 +93,15 @@ class OneActorMethod:
         scenes = held_out_scenes(character) if r.scenes == "held-out" else tuple(r.scenes)
         prompts = scene_prompts(character.subject, scenes, r.proposals)
         proposals = generate_proposals(backend, prompts, "", settings, feature_point="mid_block")
-        identities = [self._tune(backend, character, proposals, scenes, seed, target)
-                      for target in range(r.target, r.target + r.candidates)]
-        if len(identities) == 1:
-            return identities[0]
-        spreads = [self._check_spread(backend, identity, character.subject, scenes, seed) for identity in identities]
-        return identities[spreads.index(min(spreads))]
+        targets = range(r.target, r.target + r.candidates)
+        identities = [self._tune(backend, character, proposals, scenes, seed, target) for target in targets]
+        best = 0
+        if len(identities) > 1:
+            spreads = [self._check_spread(backend, identity, character.subject, scenes, seed) for identity in identities]
+            best = spreads.index(min(spreads))
+        more = [self._tune(backend, character, proposals, scenes, seed + 7919 * k, targets[best])
+                for k in range(1, r.tuning_seeds)]
+        return averaged_offsets(identities[best], more)
 
     def _tune(self, backend, character, proposals, scenes, seed, target) -> OneActorIdentity:
         r = self.recipe
@@ -117,6 +125,14 @@ class OneActorMethod:
 
     def generate(self, backend, identity: OneActorIdentity, prompts, seeds, settings):
         return draw_with_settings(backend, identity, prompts, seeds, self.recipe.guidance, settings)
+
+
+def averaged_offsets(identity: OneActorIdentity, others: list[OneActorIdentity]) -> OneActorIdentity:
+    """`identity` with Δc_tar and Δc̄_aux averaged over it and `others` (tunings of the same target)."""
+    if not others:
+        return identity
+    mean = lambda name: torch.stack([getattr(i, name) for i in [identity, *others]]).mean(dim=0)
+    return replace(identity, delta_target=mean("delta_target"), delta_aux=mean("delta_aux"))
 
 
 class NamedOffsetCeiling:
