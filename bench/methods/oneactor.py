@@ -128,7 +128,8 @@ class OneActorMethod:
 
 
 def averaged_offsets(identity: OneActorIdentity, others: list[OneActorIdentity]) -> OneActorIdentity:
-    """`identity` with Δc_tar and Δc̄_aux averaged over it and `others` (tunings of the same target)."""
+    """`identity` with Δc_tar and Δc̄_aux averaged over it and `others` (tunings of the same target). The projector
+    stays `identity`'s: sampling reads only the offsets."""
     if not others:
         return identity
     mean = lambda name: torch.stack([getattr(i, name) for i in [identity, *others]]).mean(dim=0)

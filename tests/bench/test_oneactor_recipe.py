@@ -81,22 +81,19 @@ def test_the_kept_target_is_tuned_with_more_seeds_and_their_offsets_averaged(tin
     real_tune = oneactor.OneActorMethod._tune
 
     def tune(self, backend, character, proposals, scenes, seed, target):
-        tunings.append((seed, target))
+        tunings.append((seed, target, proposals, scenes))
         return real_tune(self, backend, character, proposals, scenes, seed, target)
 
     monkeypatch.setattr(oneactor.OneActorMethod, "_tune", tune)
     recipe = apply_overrides(OneActorRecipe(), {"proposals": 3, "proposal_steps": 1, "tuning.steps": 2,
                                                 "candidates": 1, "target": 1, "tuning_seeds": 2})
     character = Character("a red blob", ["on a beach, on the left"])
-    averaged = oneactor.OneActorMethod(recipe=recipe).prepare(tiny_sdxl_backend, character, seed=5)
-    assert tunings == [(5, 1), (5 + 7919, 1)]
-    method = oneactor.OneActorMethod(recipe=apply_overrides(recipe, {"tuning_seeds": 1}))
-    first = method.prepare(tiny_sdxl_backend, character, seed=5)
-    proposals = oneactor.generate_proposals(tiny_sdxl_backend, oneactor.scene_prompts(
-        character.subject, oneactor.held_out_scenes(character), 3), "", oneactor.ProposalSettings(
-        count=3, seed=5, steps=1, cfg=recipe.proposal_cfg, height=32, width=32, batch_size=3), feature_point="mid_block")
-    # the second seed tunes on the first seed's proposals
-    second = real_tune(method, tiny_sdxl_backend, character, proposals, oneactor.held_out_scenes(character), 5 + 7919, 1)
+    method = oneactor.OneActorMethod(recipe=recipe)
+    averaged = method.prepare(tiny_sdxl_backend, character, seed=5)
+    assert [(seed, target) for seed, target, *_ in tunings] == [(5, 1), (5 + 7919, 1)]
+    assert tunings[1][2] is tunings[0][2]  # the second seed tunes on the same proposals
+    proposals, scenes = tunings[0][2:]
+    first, second = (real_tune(method, tiny_sdxl_backend, character, proposals, scenes, seed, 1) for seed in (5, 5 + 7919))
     assert not torch.allclose(first.delta_target, second.delta_target)
     assert torch.allclose(averaged.delta_target, (first.delta_target + second.delta_target) / 2, atol=1e-6)
     assert torch.allclose(averaged.delta_aux, (first.delta_aux + second.delta_aux) / 2, atol=1e-6)
