@@ -78,6 +78,8 @@ class OneActorRecipe:
 
 
 SIZE = (32, 32)  # the sprite world's images
+# Seed step of a target's further tunings: prime, so they never land on another character's seed (steps of 1000).
+SEED_STRIDE = 7919
 
 
 class OneActorMethod:
@@ -85,6 +87,9 @@ class OneActorMethod:
                  overrides: dict | None = None, embedder=None):
         self.name, self.base_word, self.embedder = name, base_word, embedder
         self.recipe = apply_overrides(recipe or OneActorRecipe(), overrides or {})
+        if self.recipe.candidates > 1 and embedder is None:  # say so now, not after the first tunings
+            raise ValueError(f"choosing among {self.recipe.candidates} tuned targets needs the embedder: pass "
+                             "`embedder=` or set candidates=1")
 
     def prepare(self, backend, character, seed) -> OneActorIdentity:
         r = self.recipe
@@ -97,10 +102,11 @@ class OneActorMethod:
         identities = [self._tune(backend, character, proposals, scenes, seed, target) for target in targets]
         best = 0
         if len(identities) > 1:
-            spreads = [self._check_spread(backend, identity, character.subject, scenes, seed) for identity in identities]
+            spreads = [self._check_spread(backend, identity, character.subject, scenes, seed)
+                       for identity in identities]
             best = spreads.index(min(spreads))
-        more = [self._tune(backend, character, proposals, scenes, seed + 7919 * k, targets[best])
-                for k in range(1, r.tuning_seeds)]
+        seeds = [seed + SEED_STRIDE * k for k in range(1, r.tuning_seeds)]
+        more = [self._tune(backend, character, proposals, scenes, other, targets[best]) for other in seeds]
         return averaged_offsets(identities[best], more)
 
     def _tune(self, backend, character, proposals, scenes, seed, target) -> OneActorIdentity:
@@ -115,8 +121,6 @@ class OneActorMethod:
 
     def _check_spread(self, backend, identity, subject, scenes, seed) -> float:
         """Mean pairwise embedder distance of `check_images` images of the identity in the held-out scenes."""
-        if self.embedder is None:
-            raise ValueError("choosing among several tuned targets needs the embedder")
         r = self.recipe
         prompts = scene_prompts(subject, scenes, r.check_images)
         seeds = [seed + 100 + k for k in range(r.check_images)]  # none of the benchmark's own image seeds
@@ -132,8 +136,9 @@ def averaged_offsets(identity: OneActorIdentity, others: list[OneActorIdentity])
     stays `identity`'s: sampling reads only the offsets."""
     if not others:
         return identity
-    mean = lambda name: torch.stack([getattr(i, name) for i in [identity, *others]]).mean(dim=0)
-    return replace(identity, delta_target=mean("delta_target"), delta_aux=mean("delta_aux"))
+    tunings = [identity, *others]
+    return replace(identity, delta_target=torch.stack([t.delta_target for t in tunings]).mean(dim=0),
+                   delta_aux=torch.stack([t.delta_aux for t in tunings]).mean(dim=0))
 
 
 class NamedOffsetCeiling:
@@ -152,7 +157,8 @@ class NamedOffsetCeiling:
     def prepare(self, backend, character, seed) -> SimpleNamespace:
         full = blob_phrase(identity_for(character.subject, seed), IDENTITY_ATTRIBUTES, prenominal=True)
         with torch.no_grad():
-            named, subject = (backend.encode_prompts([text], word=self.base_word) for text in (full, character.subject))
+            named, subject = (backend.encode_prompts([text], word=self.base_word)
+                              for text in (full, character.subject))
         offset = (named.embeds[0, named.word_positions[0]] - subject.embeds[0, subject.word_positions[0]]).mean(dim=0)
         return SimpleNamespace(delta_target=offset.float(), delta_aux=torch.zeros_like(offset.float()),
                                base_word=self.base_word)

@@ -69,7 +69,7 @@ def test_with_several_candidates_the_identity_drawing_the_tightest_images_is_kep
     recipe = apply_overrides(OneActorRecipe(), {"proposals": 3, "proposal_steps": 1, "tuning.steps": 1,
                                                 "candidates": 3, "tuning_seeds": 1})
     character = Character("a red blob", ["on a beach, on the left"])
-    kept = oneactor.OneActorMethod(recipe=recipe).prepare(tiny_sdxl_backend, character, seed=0)
+    kept = oneactor.OneActorMethod(recipe=recipe, embedder=object()).prepare(tiny_sdxl_backend, character, seed=0)
     assert tuned_targets == [0, 1, 2]
     alone = oneactor.OneActorMethod(recipe=apply_overrides(recipe, {"target": 1, "candidates": 1})).prepare(
         tiny_sdxl_backend, character, seed=0)
@@ -90,10 +90,11 @@ def test_the_kept_target_is_tuned_with_more_seeds_and_their_offsets_averaged(tin
     character = Character("a red blob", ["on a beach, on the left"])
     method = oneactor.OneActorMethod(recipe=recipe)
     averaged = method.prepare(tiny_sdxl_backend, character, seed=5)
-    assert [(seed, target) for seed, target, *_ in tunings] == [(5, 1), (5 + 7919, 1)]
+    assert [(seed, target) for seed, target, *_ in tunings] == [(5, 1), (5 + oneactor.SEED_STRIDE, 1)]
     assert tunings[1][2] is tunings[0][2]  # the second seed tunes on the same proposals
     proposals, scenes = tunings[0][2:]
-    first, second = (real_tune(method, tiny_sdxl_backend, character, proposals, scenes, seed, 1) for seed in (5, 5 + 7919))
+    first, second = (real_tune(method, tiny_sdxl_backend, character, proposals, scenes, seed, 1)
+                     for seed in (5, 5 + oneactor.SEED_STRIDE))
     assert not torch.allclose(first.delta_target, second.delta_target)
     assert torch.allclose(averaged.delta_target, (first.delta_target + second.delta_target) / 2, atol=1e-6)
     assert torch.allclose(averaged.delta_aux, (first.delta_aux + second.delta_aux) / 2, atol=1e-6)
@@ -110,5 +111,5 @@ def test_the_check_images_are_drawn_in_held_out_scenes_and_measured_by_the_embed
     assert prompts == ["a red blob in a city", "a red blob at night", "a red blob in a city"]
     assert seeds == [140, 141, 142]
     assert abs(spread - (2 ** 0.5 * (1 + 2 + 1) / 3)) < 1e-5  # distances 1, 2 and 1 between [k, k] points
-    with pytest.raises(ValueError, match="embedder"):
-        oneactor.OneActorMethod()._check_spread(tiny_sdxl_backend, None, "a red blob", ("in a city",), seed=0)
+    with pytest.raises(ValueError, match="2 tuned targets needs the embedder"):  # before any work is done
+        oneactor.OneActorMethod()
