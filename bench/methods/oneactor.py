@@ -72,8 +72,8 @@ class OneActorRecipe:
     # 65.4 %), for 44,640 instead of 25,440 tuning evaluations (session 16). A tuned target alone holds about 52 %
     # of pairs and the best of four in hindsight 81–88 %, and how well the check images choose grows with their
     # number (session 17), so four candidates of 100 steps and 8 check images each. 24 characters, seeds 1M–6M:
-    # 70.0 / 60.8 / 65.4 / 65.4 / 58.8 / 80.4 % → 72.1 / 63.7 / 74.6 / 63.3 / 64.6 / 80.4 % (mean 66.8 → 69.8 %), for
-    # 86,880 instead of 44,640 tuning evaluations and about 610 instead of 480 s (session 18).
+    # 70.0 / 60.8 / 65.4 / 65.4 / 58.8 / 80.4 % → 72.1 / 63.7 / 74.6 / 63.3 / 64.6 / 80.4 % (mean 66.8 → 69.8 %),
+    # for 86,880 instead of 44,640 tuning evaluations and about 610 instead of 480 s (session 18).
     candidates: int = 4
     check_images: int = 8
     # How the check images' pairwise embedder distances are summed up: "mean" or "median" (which one stray image
