@@ -76,9 +76,6 @@ class OneActorRecipe:
     # for 86,880 instead of 44,640 tuning evaluations and about 610 instead of 480 s (session 18).
     candidates: int = 4
     check_images: int = 8
-    # How the check images' pairwise embedder distances are summed up: "mean" or "median" (which one stray image
-    # moves less).
-    check_spread: str = "mean"
     # The kept target is tuned with this many seeds in all and their offsets averaged, so that what one seed's
     # offset holds by chance averages out. Two seeds, 24 characters, seeds 1M / 2M / 3M / 4M: 70.0 / 60.8 / 65.4 /
     # 65.4 % → 74.2 / 66.7 / 61.7 / 64.6 %, 5M / 6M: 58.8 / 80.4 → 64.6 / 74.2 % (mean of six 66.8 → 67.7 %) for
@@ -87,10 +84,6 @@ class OneActorRecipe:
 
 
 SIZE = (32, 32)  # the sprite world's images
-CHECK_SPREADS = {
-    "mean": mean_pairwise_distance,
-    "median": lambda embeddings: torch.pdist(embeddings.float()).median().item(),
-}
 # Seed step of a target's further tunings: prime, so they never land on another character's seed (steps of 1000).
 SEED_STRIDE = 7919
 
@@ -103,8 +96,6 @@ class OneActorMethod:
         if self.recipe.candidates > 1 and embedder is None:  # say so now, not after the first tunings
             raise ValueError(f"choosing among {self.recipe.candidates} tuned targets needs the embedder: pass "
                              "`embedder=` or set candidates=1")
-        if self.recipe.check_spread not in CHECK_SPREADS:
-            raise ValueError(f"check_spread {self.recipe.check_spread!r}: choose one of {sorted(CHECK_SPREADS)}")
 
     def prepare(self, backend, character, seed) -> OneActorIdentity:
         r = self.recipe
@@ -135,12 +126,12 @@ class OneActorMethod:
         return make_identity(tuned.projector, data.features, self.base_word, backend.family)
 
     def _check_spread(self, backend, identity, subject, scenes, seed) -> float:
-        """Spread (`check_spread`) of the embeddings of `check_images` images of the identity in the held-out scenes."""
+        """Mean pairwise embedder distance of `check_images` images of the identity in the held-out scenes."""
         r = self.recipe
         prompts = scene_prompts(subject, scenes, r.check_images)
         seeds = [seed + 100 + k for k in range(r.check_images)]  # none of the benchmark's own image seeds
         images = draw_identity(backend, identity, prompts, seeds, r.guidance, SIZE, r.proposal_steps, "dpmpp_2m")
-        return CHECK_SPREADS[r.check_spread](embed_images(self.embedder, images))
+        return mean_pairwise_distance(embed_images(self.embedder, images))
 
     def generate(self, backend, identity: OneActorIdentity, prompts, seeds, settings):
         return draw_with_settings(backend, identity, prompts, seeds, self.recipe.guidance, settings)

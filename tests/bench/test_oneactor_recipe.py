@@ -114,15 +114,3 @@ def test_the_check_images_are_drawn_in_held_out_scenes_and_measured_by_the_embed
     with pytest.raises(ValueError, match="4 tuned targets needs the embedder"):  # before any work is done
         oneactor.OneActorMethod()
 
-
-def test_the_median_check_spread_is_the_median_pairwise_distance(tiny_sdxl_backend, monkeypatch):
-    monkeypatch.setattr(oneactor, "draw_identity", lambda backend, identity, prompts, seeds, *a: torch.stack(
-        [torch.full((3, 32, 32), float(k)) for k in (0, 1, 2, 6)]))
-    monkeypatch.setattr(oneactor, "embed_images", lambda embedder, images: images.flatten(1)[:, :2])
-    overrides = {"check_images": 4, "check_spread": "median"}
-    method = oneactor.OneActorMethod(recipe=apply_overrides(OneActorRecipe(), overrides), embedder=object())
-    spread = method._check_spread(tiny_sdxl_backend, None, "a red blob", ("in a city",), seed=0)
-    # distances 1 1 2 4 5 6 (× √2): the lower of the middle two; the stray image at 6 moves the mean to 19/6
-    assert abs(spread - 2 * 2 ** 0.5) < 1e-5
-    with pytest.raises(ValueError, match="check_spread 'mode'"):
-        oneactor.OneActorMethod(recipe=apply_overrides(OneActorRecipe(), {"check_spread": "mode"}), embedder=object())
