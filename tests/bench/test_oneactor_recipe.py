@@ -113,4 +113,3 @@ def test_the_check_images_are_drawn_in_held_out_scenes_and_measured_by_the_embed
     assert abs(spread - (2 ** 0.5 * (1 + 2 + 1) / 3)) < 1e-5  # distances 1, 2 and 1 between [k, k] points
     with pytest.raises(ValueError, match="4 tuned targets needs the embedder"):  # before any work is done
         oneactor.OneActorMethod()
-
