@@ -35,11 +35,23 @@ def denoising_error(backend: DiffusionBackend, latents: torch.Tensor, cond: Cond
     part of the schedule only (:func:`noisiest_sigmas`). `noise_scale` (broadcast against the latents)
     noises some positions less than the level the network is told, e.g. a grid panel held almost clean.
     """
+    sigma, noise = draw_noise(backend, latents, generator, noisiest_share)
+    return error_at(backend, latents, cond, sigma, noise, noise_scale)
+
+
+def draw_noise(backend: DiffusionBackend, latents: torch.Tensor, generator: torch.Generator,
+               noisiest_share: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sigmas and noise :func:`denoising_error` draws for `latents`, in its order."""
     if noisiest_share < 1.0:
         sigma = noisiest_sigmas(backend.schedule, latents.shape[0], generator, noisiest_share).to(latents.device)
     else:
         sigma = backend.schedule.training_sigmas(latents.shape[0], generator).to(latents.device)
-    noise = torch.randn(latents.shape, generator=generator).to(latents)
+    return sigma, torch.randn(latents.shape, generator=generator).to(latents)
+
+
+def error_at(backend: DiffusionBackend, latents: torch.Tensor, cond: Conditioning, sigma: torch.Tensor,
+             noise: torch.Tensor, noise_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`denoising_error` for sigmas and noise already drawn."""
     noised_at = sigma if noise_scale is None else sigma.reshape(-1, 1, 1, 1) * noise_scale.to(latents)
     output = backend.raw_predict(backend.schedule.add_noise(latents, noise, noised_at), sigma, cond)
     return (output.float() - backend.schedule.training_target(latents, noise, noised_at).float()).pow(2)

@@ -11,7 +11,7 @@ from ...core.chosen_one.clustering import mean_pairwise_distance
 from ...core.embedding import embed_images
 from ...core.oneactor.guidance import ClusterGuidance, draw_identity
 from ...core.oneactor.identity import OneActorIdentity, make_identity
-from ...core.oneactor.tuning import OneActorTuning, ProposalSet, tune_projector
+from ...core.oneactor.tuning import OneActorTuning, ProposalSet, tune_projectors
 from ...core.proposals import ProposalSettings, generate_proposals, prompt_template, scene_prompts, scenes_for
 from ...sprites.attributes import IDENTITY_ATTRIBUTES
 from ...sprites.captions import blob_phrase
@@ -106,25 +106,26 @@ class OneActorMethod:
         prompts = scene_prompts(character.subject, scenes, r.proposals)
         proposals = generate_proposals(backend, prompts, "", settings, feature_point="mid_block")
         targets = range(r.target, r.target + r.candidates)
-        identities = [self._tune(backend, character, proposals, scenes, seed, target) for target in targets]
+        identities = self._tune(backend, character, proposals, scenes, seed, targets)
         best = 0
         if len(identities) > 1:
             spreads = [self._check_spread(backend, identity, character.subject, scenes, seed)
                        for identity in identities]
             best = spreads.index(min(spreads))
         seeds = [seed + SEED_STRIDE * k for k in range(1, r.tuning_seeds)]
-        more = [self._tune(backend, character, proposals, scenes, other, targets[best]) for other in seeds]
+        more = [self._tune(backend, character, proposals, scenes, other, [targets[best]])[0] for other in seeds]
         return averaged_offsets(identities[best], more)
 
-    def _tune(self, backend, character, proposals, scenes, seed, target) -> OneActorIdentity:
+    def _tune(self, backend, character, proposals, scenes, seed, targets) -> list[OneActorIdentity]:
+        """An identity for each of `targets`, tuned side by side (one denoiser batch a step)."""
         r = self.recipe
-        data = ProposalSet.from_proposals(proposals, target, SIZE,
-                                          scenes_for(scenes, range(r.proposals)) if scenes else None)
+        scene_list = scenes_for(scenes, range(r.proposals)) if scenes else None
+        sets = [ProposalSet.from_proposals(proposals, target, SIZE, scene_list) for target in targets]
         tuning = replace(r.tuning, seed=seed)
         if r.subject_captions:
             tuning = replace(tuning, templates=(prompt_template(character.subject, self.base_word),))
-        tuned = tune_projector(backend, data, self.base_word, tuning)
-        return make_identity(tuned.projector, data.features, self.base_word, backend.family)
+        tuned = tune_projectors(backend, sets, self.base_word, tuning)
+        return [make_identity(t.projector, data.features, self.base_word, backend.family) for t, data in zip(tuned, sets)]
 
     def _check_spread(self, backend, identity, subject, scenes, seed) -> float:
         """Mean pairwise embedder distance of `check_images` images of the identity in the held-out scenes."""

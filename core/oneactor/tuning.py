@@ -23,7 +23,7 @@ from ..interface import (
     apply_word_offset,
     concat_conditionings,
 )
-from ..training import check_noisiest_share, denoising_error, optimisation_step, per_sample
+from ..training import check_noisiest_share, draw_noise, error_at, optimisation_step, per_sample
 from .projector import Projector
 
 log = logging.getLogger(__name__)
@@ -116,30 +116,75 @@ def new_projector(backend: DiffusionBackend, features: torch.Tensor, seed: int) 
 
 def tune_projector(backend: DiffusionBackend, data: ProposalSet, base_word: str, settings: OneActorTuning,
                    callback=None) -> TunedProjector:
-    if data.latents.shape[0] < 2:
+    return tune_projectors(backend, [data], base_word, settings, callback)[0]
+
+
+@dataclass
+class _Tuning:
+    """One projector's tuning state: its proposal set (with the target's views), captions, optimiser, generator."""
+    data: ProposalSet
+    proposals: int
+    views: int
+    template_conds: list
+    projector: Projector
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    losses: list[float] = field(default_factory=list)
+
+
+def tune_projectors(backend: DiffusionBackend, sets: list[ProposalSet], base_word: str, settings: OneActorTuning,
+                    callback=None) -> list[TunedProjector]:
+    """One projector per proposal set (e.g. one per candidate target), tuned side by side.
+
+    Each projector sees only its own loss and draws from its own generator, seeded alike, so each tuning
+    is `tune_projector` on its set alone; only the denoiser's batch is shared, which on a small model costs
+    far less than one batch per set (bench/results/sprite_methods.md, session 18). `callback(step, loss)`
+    gets the sum of the sets' losses.
+    """
+    if any(data.latents.shape[0] < 2 for data in sets):
         raise ProtagonistError("OneActor needs the target and at least one auxiliary proposal")
     check_noisiest_share(settings.noisiest_share)
-    generator = torch.Generator().manual_seed(settings.seed)
+    tunings = [_new_tuning(backend, data, base_word, settings) for data in sets]
+    spans = len(tunings[0].template_conds[0][0].word_positions[0])
+    if spans > 1:
+        log.info("the base word %r is %d tokens; the offset applies to all of them", base_word, spans)
+    frozen_modules = [backend.denoiser, *backend.embedding_tables().values()]
+    with torch.enable_grad(), backend.session(), frozen(*frozen_modules):
+        for step in range(settings.steps):
+            losses = _step_losses(backend, tunings, base_word, settings)
+            total = optimisation_step(torch.stack(losses).sum(), _Optimizers(tunings), step)
+            for tuning, loss in zip(tunings, losses):
+                tuning.losses.append(loss.item())
+            if callback is not None:
+                callback(step, total)
+    for tuning in tunings:
+        tuning.projector.eval()
+    return [TunedProjector(tuning.projector, tuning.losses) for tuning in tunings]
+
+
+def _new_tuning(backend, data: ProposalSet, base_word: str, settings: OneActorTuning) -> _Tuning:
     projector = new_projector(backend, data.features, settings.seed).to(backend.device)
     optimizer = torch.optim.AdamW(projector.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     proposals = data.latents.shape[0]
     data, views = data.with_mirrored_target(backend) if settings.mirror_target else (data, 1)
-    template_conds = _encoded_captions(backend, data, settings.templates, base_word)
-    spans = len(template_conds[0][0].word_positions[0])
-    if spans > 1:
-        log.info("the base word %r is %d tokens; the offset applies to all of them", base_word, spans)
     projector.train()
-    losses = []
-    frozen_modules = [backend.denoiser, *backend.embedding_tables().values()]
-    with torch.enable_grad(), backend.session(), frozen(*frozen_modules):
-        for step in range(settings.steps):
-            loss = _step_loss(backend, projector, data, template_conds, base_word, settings, generator,
-                              proposals, views)
-            losses.append(optimisation_step(loss, optimizer, step))
-            if callback is not None:
-                callback(step, losses[-1])
-    projector.eval()
-    return TunedProjector(projector, losses)
+    return _Tuning(data, proposals, views, _encoded_captions(backend, data, settings.templates, base_word),
+                   projector, optimizer, torch.Generator().manual_seed(settings.seed))
+
+
+class _Optimizers:
+    """The tunings' optimisers stepped as one (each projector's gradient comes from its own loss only)."""
+
+    def __init__(self, tunings: list[_Tuning]):
+        self.optimizers = [tuning.optimizer for tuning in tunings]
+
+    def zero_grad(self):
+        for optimizer in self.optimizers:
+            optimizer.zero_grad()
+
+    def step(self):
+        for optimizer in self.optimizers:
+            optimizer.step()
 
 
 def _encoded_captions(backend, data: ProposalSet, templates, base_word: str) -> list[list]:
@@ -152,26 +197,36 @@ def _encoded_captions(backend, data: ProposalSet, templates, base_word: str) -> 
     return [[encoded[c] for c in data.captions(t, base_word)] for t in templates]
 
 
-def _step_loss(backend, projector, data: ProposalSet, template_conds, base_word, settings, generator,
-               proposals: int, views: int) -> torch.Tensor:
-    """`data` holds the `proposals` (target first), then the target's other views (its mirror image)."""
-    aux_count = min(settings.aux_per_batch, proposals - 1)
-    aux = 1 + torch.randperm(proposals - 1, generator=generator)[:aux_count]
+def _step_losses(backend, tunings: list[_Tuning], base_word: str, settings: OneActorTuning) -> list[torch.Tensor]:
+    """Each tuning's step loss, from one denoiser evaluation of all their batches."""
+    batches = [_step_batch(backend, tuning, base_word, settings) for tuning in tunings]
+    draws = [draw_noise(backend, latents, tuning.generator, settings.noisiest_share)
+             for (latents, _, _), tuning in zip(batches, tunings)]
+    latents, conds, weights = zip(*batches)
+    sigma, noise = (torch.cat(parts) for parts in zip(*draws))
+    errors = per_sample(error_at(backend, torch.cat(latents), concat_conditionings(list(conds)), sigma, noise))
+    return [(w.to(e) * e).sum() for w, e in zip(weights, errors.split([len(w) for w in weights]))]
+
+
+def _step_batch(backend, tuning: _Tuning, base_word: str, settings: OneActorTuning):
+    """This step's latents, offset conditionings and loss weights of one tuning. `tuning.data` holds the
+    `proposals` (target first), then the target's other views (its mirror image)."""
+    data, generator = tuning.data, tuning.generator
+    aux_count = min(settings.aux_per_batch, tuning.proposals - 1)
+    aux = 1 + torch.randperm(tuning.proposals - 1, generator=generator)[:aux_count]
     picked = torch.cat([torch.zeros(1, dtype=torch.long), aux])
     # The projector always sees the whole batch (its BatchNorm statistics are the paper's); the denoiser
     # only sees the rows whose loss weight is not zero, so λ1 = λ2 = 0 costs one evaluation a step, not 2 + K.
-    offsets = projector(data.features[picked].to(backend.device))  # [1 + K, width]
+    offsets = tuning.projector(data.features[picked].to(backend.device))  # [1 + K, width]
     offsets = torch.cat([offsets, offsets[1:].mean(dim=0, keepdim=True)])  # + the average condition
-    target = _target_view(proposals, views, generator)
+    target = _target_view(tuning.proposals, tuning.views, generator)
     images = torch.cat([torch.tensor([target]), aux, torch.tensor([target])])
     weights = loss_weights(settings, aux_count)
     live = weights != 0
     latents = data.latents[images[live]].to(backend.device)
-    choice = torch.randint(0, len(template_conds), (latents.shape[0],), generator=generator).tolist()
-    cond = concat_conditionings([template_conds[c][i] for c, i in zip(choice, images[live].tolist())])
-    cond = apply_word_offset(cond, WordOffset(base_word, offsets[live]))
-    errors = per_sample(denoising_error(backend, latents, cond, generator, settings.noisiest_share))
-    return (weights[live].to(errors) * errors).sum()
+    choice = torch.randint(0, len(tuning.template_conds), (latents.shape[0],), generator=generator).tolist()
+    cond = concat_conditionings([tuning.template_conds[c][i] for c, i in zip(choice, images[live].tolist())])
+    return latents, apply_word_offset(cond, WordOffset(base_word, offsets[live])), weights[live]
 
 
 def _target_view(proposals: int, views: int, generator: torch.Generator) -> int:

@@ -9,7 +9,7 @@ from protagonist.core.interface import ProtagonistError
 from protagonist.core.oneactor.guidance import ClusterGuidance, cluster_guided_terms
 from protagonist.core.oneactor.identity import load_identity, make_identity, save_identity
 from protagonist.core.oneactor.projector import Projector
-from protagonist.core.oneactor.tuning import OneActorTuning, ProposalSet, tune_projector
+from protagonist.core.oneactor.tuning import OneActorTuning, ProposalSet, tune_projector, tune_projectors
 from protagonist.core.proposals import ProposalSettings, generate_proposals
 from protagonist.core.sampling import StepInfo, sample, seeded_noise
 
@@ -34,7 +34,7 @@ def test_projector_is_sized_from_the_features():
 
 
 def test_tuning_objective_falls_and_only_the_projector_learns(tiny_sdxl_backend, proposals):
-    from protagonist.core.oneactor.tuning import _step_loss, new_projector
+    from protagonist.core.oneactor.tuning import _step_losses, _Tuning, new_projector
 
     backend = tiny_sdxl_backend
     data = ProposalSet.from_proposals(proposals, target=2, image_size=(32, 32))
@@ -44,11 +44,12 @@ def test_tuning_objective_falls_and_only_the_projector_learns(tiny_sdxl_backend,
         conds = [[backend.encode_prompts(["a photo of a blob"], word="blob", image_size=(32, 32))] * 5]
     projector = new_projector(backend, data.features, 0)
     optimizer = torch.optim.AdamW(projector.parameters(), lr=1e-2)
+    tuning = _Tuning(data, 5, 1, conds, projector, optimizer, torch.Generator())
     settings = OneActorTuning(aux_per_batch=2)
     losses = []
     for _ in range(6):  # one fixed draw of auxiliaries, timesteps and noise
-        loss = _step_loss(backend, projector, data, conds, "blob", settings, torch.Generator().manual_seed(7),
-                          proposals=5, views=1)
+        tuning.generator.manual_seed(7)
+        loss, = _step_losses(backend, [tuning], "blob", settings)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -195,8 +196,8 @@ def test_the_target_comes_as_itself_and_its_mirror_image(tiny_sdxl_backend, prop
     assert torch.allclose(mirrored.latents[-1:], mirror) and torch.equal(mirrored.latents[:5], data.latents)
 
     fed, encoded = [], []
-    real_error, real_encode = tuning.denoising_error, tiny_sdxl_backend.encode_prompts
-    monkeypatch.setattr(tuning, "denoising_error", lambda backend, latents, *a, **k: (
+    real_error, real_encode = tuning.error_at, tiny_sdxl_backend.encode_prompts
+    monkeypatch.setattr(tuning, "error_at", lambda backend, latents, *a, **k: (
         fed.append(latents.clone()), real_error(backend, latents, *a, **k))[1])
     monkeypatch.setattr(tiny_sdxl_backend, "encode_prompts",
                         lambda prompts, **k: (encoded.extend(prompts), real_encode(prompts, **k))[1])
@@ -210,3 +211,16 @@ def test_the_target_comes_as_itself_and_its_mirror_image(tiny_sdxl_backend, prop
     tune_projector(tiny_sdxl_backend, data, "blob", OneActorTuning(steps=4, lambda_aux=0.0, lambda_aver=0.0,
                                                                    mirror_target=False))
     assert all(torch.equal(rows[0], mirrored.latents[0]) for rows in fed)
+
+
+def test_projectors_tuned_side_by_side_equal_each_tuned_alone(tiny_sdxl_backend, proposals):
+    sets = [ProposalSet.from_proposals(proposals, target=t, image_size=(32, 32)) for t in (0, 3)]
+    settings = OneActorTuning(steps=4, aux_per_batch=2, lr=1e-2, templates=("a {}",))
+    together = tune_projectors(tiny_sdxl_backend, sets, "blob", settings)
+    for data, tuned in zip(sets, together):
+        alone = tune_projector(tiny_sdxl_backend, data, "blob", settings)
+        assert tuned.losses == pytest.approx(alone.losses, rel=1e-4)
+        with torch.no_grad():
+            assert torch.allclose(tuned.projector(data.features), alone.projector(data.features), atol=1e-5)
+    with torch.no_grad():
+        assert not torch.allclose(together[0].projector(sets[0].features), together[1].projector(sets[0].features))
