@@ -125,7 +125,8 @@ class OneActorMethod:
         if r.subject_captions:
             tuning = replace(tuning, templates=(prompt_template(character.subject, self.base_word),))
         tuned = tune_projectors(backend, sets, self.base_word, tuning)
-        return [make_identity(t.projector, data.features, self.base_word, backend.family) for t, data in zip(tuned, sets)]
+        return [make_identity(one.projector, data.features, self.base_word, backend.family)
+                for one, data in zip(tuned, sets)]
 
     def _check_spread(self, backend, identity, subject, scenes, seed) -> float:
         """Mean pairwise embedder distance of `check_images` images of the identity in the held-out scenes."""
