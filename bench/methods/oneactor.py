@@ -73,8 +73,9 @@ class OneActorRecipe:
     # of pairs and the best of four in hindsight 81–88 %, and how well the check images choose grows with their
     # number (session 17), so four candidates of 100 steps and 8 check images each. 24 characters, seeds 1M–6M:
     # 70.0 / 60.8 / 65.4 / 65.4 / 58.8 / 80.4 % → 72.1 / 63.7 / 74.6 / 63.3 / 64.6 / 80.4 % (mean 66.8 → 69.8 %),
-    # for 86,880 instead of 44,640 tuning evaluations and about 600 instead of 480 s (session 18) — 30 % of
-    # `paper`'s seconds in the same run, over the ¼ issue 5 asks, until the candidates are tuned in one batch.
+    # for 86,880 instead of 44,640 tuning evaluations and about 600 instead of 480 s (session 18): 30 % of
+    # `paper`'s seconds in the same run. Tuned side by side (one denoiser batch a step, `_tune`): 420–449 s, and
+    # 66.2 / 62.5 / 81.7 / 68.8 / 62.5 / 82.5 % (mean 70.7 %; the tunings differ only by rounding).
     candidates: int = 4
     check_images: int = 8
     # The kept target is tuned with this many seeds in all and their offsets averaged, so that what one seed's
