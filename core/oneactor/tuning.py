@@ -141,6 +141,8 @@ def tune_projectors(backend: DiffusionBackend, sets: list[ProposalSet], base_wor
     far less than one batch per set (bench/results/sprite_methods.md, session 18). `callback(step, loss)`
     gets the sum of the sets' losses.
     """
+    if not sets:
+        raise ProtagonistError("no proposal sets to tune: give at least one target")
     if any(data.latents.shape[0] < 2 for data in sets):
         raise ProtagonistError("OneActor needs the target and at least one auxiliary proposal")
     check_noisiest_share(settings.noisiest_share)

@@ -224,3 +224,5 @@ def test_projectors_tuned_side_by_side_equal_each_tuned_alone(tiny_sdxl_backend,
             assert torch.allclose(tuned.projector(data.features), alone.projector(data.features), atol=1e-5)
     with torch.no_grad():
         assert not torch.allclose(together[0].projector(sets[0].features), together[1].projector(sets[0].features))
+    with pytest.raises(ProtagonistError, match="no proposal sets to tune"):
+        tune_projectors(tiny_sdxl_backend, [], "blob", settings)
