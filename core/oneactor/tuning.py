@@ -127,7 +127,6 @@ class _Tuning:
     views: int
     template_conds: list
     projector: Projector
-    optimizer: torch.optim.Optimizer
     generator: torch.Generator
     losses: list[float] = field(default_factory=list)
 
@@ -146,7 +145,11 @@ def tune_projectors(backend: DiffusionBackend, sets: list[ProposalSet], base_wor
     if any(data.latents.shape[0] < 2 for data in sets):
         raise ProtagonistError("OneActor needs the target and at least one auxiliary proposal")
     check_noisiest_share(settings.noisiest_share)
-    tunings = [_new_tuning(backend, data, base_word, settings) for data in sets]
+    encoded = {}  # the candidates share most captions: each is encoded once
+    tunings = [_new_tuning(backend, data, base_word, settings, encoded) for data in sets]
+    # One AdamW over every projector: its update is elementwise, so each projector steps as with its own.
+    optimizer = torch.optim.AdamW([p for t in tunings for p in t.projector.parameters()], lr=settings.lr,
+                                  weight_decay=settings.weight_decay)
     spans = len(tunings[0].template_conds[0][0].word_positions[0])
     if spans > 1:
         log.info("the base word %r is %d tokens; the offset applies to all of them", base_word, spans)
@@ -154,7 +157,7 @@ def tune_projectors(backend: DiffusionBackend, sets: list[ProposalSet], base_wor
     with torch.enable_grad(), backend.session(), frozen(*frozen_modules):
         for step in range(settings.steps):
             losses = _step_losses(backend, tunings, base_word, settings)
-            total = optimisation_step(torch.stack(losses).sum(), _Optimizers(tunings), step)
+            total = optimisation_step(torch.stack(losses).sum(), optimizer, step)
             for tuning, loss in zip(tunings, losses):
                 tuning.losses.append(loss.item())
             if callback is not None:
@@ -164,38 +167,22 @@ def tune_projectors(backend: DiffusionBackend, sets: list[ProposalSet], base_wor
     return [TunedProjector(tuning.projector, tuning.losses) for tuning in tunings]
 
 
-def _new_tuning(backend, data: ProposalSet, base_word: str, settings: OneActorTuning) -> _Tuning:
+def _new_tuning(backend, data: ProposalSet, base_word: str, settings: OneActorTuning, encoded: dict) -> _Tuning:
     projector = new_projector(backend, data.features, settings.seed).to(backend.device)
-    optimizer = torch.optim.AdamW(projector.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     proposals = data.latents.shape[0]
     data, views = data.with_mirrored_target(backend) if settings.mirror_target else (data, 1)
     projector.train()
-    return _Tuning(data, proposals, views, _encoded_captions(backend, data, settings.templates, base_word),
-                   projector, optimizer, torch.Generator().manual_seed(settings.seed))
+    return _Tuning(data, proposals, views, _encoded_captions(backend, data, settings.templates, base_word, encoded),
+                   projector, torch.Generator().manual_seed(settings.seed))
 
 
-class _Optimizers:
-    """The tunings' optimisers stepped as one (each projector's gradient comes from its own loss only)."""
-
-    def __init__(self, tunings: list[_Tuning]):
-        self.optimizers = [tuning.optimizer for tuning in tunings]
-
-    def zero_grad(self):
-        for optimizer in self.optimizers:
-            optimizer.zero_grad()
-
-    def step(self):
-        for optimizer in self.optimizers:
-            optimizer.step()
-
-
-def _encoded_captions(backend, data: ProposalSet, templates, base_word: str) -> list[list]:
-    """[template][proposal] conditionings; each distinct caption is encoded once (without scenes, one per
-    template)."""
-    encoded = {}
+def _encoded_captions(backend, data: ProposalSet, templates, base_word: str, encoded: dict) -> list[list]:
+    """[template][proposal] conditionings; each distinct caption is encoded once into `encoded` (without
+    scenes, one per template)."""
     with torch.no_grad():
         for caption in dict.fromkeys(c for t in templates for c in data.captions(t, base_word)):
-            encoded[caption] = backend.encode_prompts([caption], word=base_word, image_size=data.image_size)
+            if caption not in encoded:
+                encoded[caption] = backend.encode_prompts([caption], word=base_word, image_size=data.image_size)
     return [[encoded[c] for c in data.captions(t, base_word)] for t in templates]
 
 
