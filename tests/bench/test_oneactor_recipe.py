@@ -101,7 +101,7 @@ def test_the_kept_target_is_tuned_with_more_seeds_and_their_offsets_averaged(tin
     assert torch.allclose(averaged.delta_aux, (first.delta_aux + second.delta_aux) / 2, atol=1e-6)
 
 
-def test_the_check_images_are_drawn_in_held_out_scenes_and_measured_by_the_embedder(tiny_sdxl_backend, monkeypatch):
+def test_the_check_images_share_a_held_out_scene_and_are_measured_by_the_embedder(tiny_sdxl_backend, monkeypatch):
     drawn = []
     monkeypatch.setattr(oneactor, "draw_identity", lambda backend, identity, prompts, seeds, *a: (
         drawn.append((prompts, seeds)), torch.stack([torch.full((3, 32, 32), float(k)) for k in range(len(seeds))]))[1])
@@ -109,8 +109,11 @@ def test_the_check_images_are_drawn_in_held_out_scenes_and_measured_by_the_embed
     method = oneactor.OneActorMethod(recipe=apply_overrides(OneActorRecipe(), {"check_images": 3}), embedder=object())
     spread = method._check_spread(tiny_sdxl_backend, None, "a red blob", ("in a city", "at night"), seed=40)
     prompts, seeds = drawn[0]
-    assert prompts == ["a red blob in a city", "a red blob at night", "a red blob in a city"]
+    assert prompts == ["a red blob in a city"] * 3
     assert seeds == [140, 141, 142]
     assert abs(spread - (2 ** 0.5 * (1 + 2 + 1) / 3)) < 1e-5  # distances 1, 2 and 1 between [k, k] points
+    method.recipe.check_in_one_scene = False
+    method._check_spread(tiny_sdxl_backend, None, "a red blob", ("in a city", "at night"), seed=40)
+    assert drawn[1][0] == ["a red blob in a city", "a red blob at night", "a red blob in a city"]
     with pytest.raises(ValueError, match="4 tuned targets needs the embedder"):  # before any work is done
         oneactor.OneActorMethod()
