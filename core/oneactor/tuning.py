@@ -121,7 +121,7 @@ def tune_projector(backend: DiffusionBackend, data: ProposalSet, base_word: str,
 
 @dataclass
 class _Tuning:
-    """One projector's tuning state: its proposal set (with the target's views), captions, optimiser, generator."""
+    """One projector's tuning state: its proposal set (with the target's views), captions, generator, losses."""
     data: ProposalSet
     proposals: int
     views: int
