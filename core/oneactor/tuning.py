@@ -2,8 +2,7 @@
 
 Each step's batch is the target, `aux_per_batch` auxiliary proposals, and the "average" sample (the
 target image with the mean offset of the batch's auxiliaries); the loss is
-L_tar + λ1·L_aux + λ2·L_aver (paper: λ1 = 0.5, λ2 = 0.3), plus an optional contrast term of our own
-(`OneActorTuning.contrast_weight`). Only the projector learns. As in the paper, the
+L_tar + λ1·L_aux + λ2·L_aver (paper: λ1 = 0.5, λ2 = 0.3). Only the projector learns. As in the paper, the
 target comes as an augmented set: the image and its mirror image (the paper also crops faces, which has no
 counterpart for characters that are not people); each step draws one of them.
 """
@@ -15,11 +14,9 @@ import re
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from ..adapters import frozen
 from ..interface import (
-    Conditioning,
     DiffusionBackend,
     ProtagonistError,
     WordOffset,
@@ -52,14 +49,6 @@ class OneActorTuning:
     # cannot carry what is particular to one image as easily (the tuned offset overfits the target:
     # bench/results/sprite_methods.md, session 11).
     mirror_target: bool = True
-    # Not in the paper. Each step also denoises `contrast_negatives` auxiliary proposals under the *target's*
-    # offset, at the target's noise level and noise, and adds
-    #   contrast_weight · mean_n τe·softplus((e_tar − e_n) / τe),  τe = contrast_temperature · e_tar,
-    # so the offset gains most from what tells the target from other proposals of the same prompt (its
-    # identity), not from what they all share (the prompt, the scene). 0: the paper's loss.
-    contrast_weight: float = 0.0
-    contrast_negatives: int = 2
-    contrast_temperature: float = 0.05
 
 
 _MIRRORED = {"left": "right", "right": "left"}
@@ -156,7 +145,6 @@ def tune_projectors(backend: DiffusionBackend, sets: list[ProposalSet], base_wor
     if any(data.latents.shape[0] < 2 for data in sets):
         raise ProtagonistError("OneActor needs the target and at least one auxiliary proposal")
     check_noisiest_share(settings.noisiest_share)
-    _check_contrast(settings)
     encoded = {}  # the candidates share most captions: each is encoded once
     tunings = [_new_tuning(backend, data, base_word, settings, encoded) for data in sets]
     # One AdamW over every projector: its update is elementwise, so each projector steps as with its own.
@@ -179,13 +167,6 @@ def tune_projectors(backend: DiffusionBackend, sets: list[ProposalSet], base_wor
     return [TunedProjector(tuning.projector, tuning.losses) for tuning in tunings]
 
 
-def _check_contrast(settings: OneActorTuning) -> None:
-    if settings.contrast_weight and (settings.contrast_negatives < 1 or settings.contrast_temperature <= 0):
-        raise ProtagonistError(
-            f"contrast_weight {settings.contrast_weight} needs contrast_negatives ≥ 1 and contrast_temperature > 0 "
-            f"(got {settings.contrast_negatives} and {settings.contrast_temperature}); or set contrast_weight=0")
-
-
 def _new_tuning(backend, data: ProposalSet, base_word: str, settings: OneActorTuning, encoded: dict) -> _Tuning:
     projector = new_projector(backend, data.features, settings.seed).to(backend.device)
     proposals = data.latents.shape[0]
@@ -205,53 +186,23 @@ def _encoded_captions(backend, data: ProposalSet, templates, base_word: str, enc
     return [[encoded[c] for c in data.captions(t, base_word)] for t in templates]
 
 
-@dataclass
-class _StepBatch:
-    """One tuning's rows for this step: the loss rows (target first), then the contrast's negatives."""
-    latents: torch.Tensor
-    cond: Conditioning
-    weights: torch.Tensor  # one per loss row
-    negatives: int = 0
-
-
 def _step_losses(backend, tunings: list[_Tuning], base_word: str, settings: OneActorTuning) -> list[torch.Tensor]:
     """Each tuning's step loss, from one denoiser evaluation of all their batches."""
     batches = [_step_batch(backend, tuning, base_word, settings) for tuning in tunings]
-    sigmas, noises = [], []
-    for batch, tuning in zip(batches, tunings):
-        rows = batch.latents[:len(batch.weights)]
-        sigma, noise = draw_noise(backend, rows, tuning.generator, settings.noisiest_share)
-        # The negatives share the target's noise level and noise, so their errors differ from its error
-        # only by the image, not by the draw.
-        sigmas.append(torch.cat([sigma, sigma[:1].expand(batch.negatives)]))
-        noises.append(torch.cat([noise, noise[:1].expand(batch.negatives, *noise.shape[1:])]))
-    errors = per_sample(error_at(backend, torch.cat([b.latents for b in batches]),
-                                 concat_conditionings([b.cond for b in batches]), torch.cat(sigmas), torch.cat(noises)))
-    losses = []
-    for batch, error in zip(batches, errors.split([len(b.latents) for b in batches])):
-        loss_rows, negatives = error.split([len(batch.weights), batch.negatives])
-        loss = (batch.weights.to(error) * loss_rows).sum()
-        if batch.negatives:
-            loss = loss + settings.contrast_weight * contrast_loss(loss_rows[0], negatives,
-                                                                   settings.contrast_temperature)
-        losses.append(loss)
-    return losses
+    draws = [draw_noise(backend, latents, tuning.generator, settings.noisiest_share)
+             for (latents, _, _), tuning in zip(batches, tunings)]
+    latents, conds, weights = zip(*batches)
+    sigma, noise = (torch.cat(parts) for parts in zip(*draws))
+    errors = per_sample(error_at(backend, torch.cat(latents), concat_conditionings(list(conds)), sigma, noise))
+    return [(w.to(e) * e).sum() for w, e in zip(weights, errors.split([len(w) for w in weights]))]
 
 
-def contrast_loss(target_error: torch.Tensor, negative_errors: torch.Tensor, temperature: float) -> torch.Tensor:
-    """mean τe·softplus((e_tar − e_n)/τe) with τe = temperature · e_tar: near zero once each negative's error
-    exceeds the target's by a few τe, a hinge that does not reward driving the negatives' errors up without end."""
-    scale = (temperature * target_error.detach()).clamp_min(1e-12)
-    return (scale * F.softplus((target_error - negative_errors) / scale)).mean()
-
-
-def _step_batch(backend, tuning: _Tuning, base_word: str, settings: OneActorTuning) -> _StepBatch:
-    """This step's rows of one tuning. `tuning.data` holds the `proposals` (target first), then the target's
-    other views (its mirror image)."""
+def _step_batch(backend, tuning: _Tuning, base_word: str, settings: OneActorTuning):
+    """This step's latents, offset conditionings and loss weights of one tuning. `tuning.data` holds the
+    `proposals` (target first), then the target's other views (its mirror image)."""
     data, generator = tuning.data, tuning.generator
     aux_count = min(settings.aux_per_batch, tuning.proposals - 1)
-    others = 1 + torch.randperm(tuning.proposals - 1, generator=generator)
-    aux = others[:aux_count]
+    aux = 1 + torch.randperm(tuning.proposals - 1, generator=generator)[:aux_count]
     picked = torch.cat([torch.zeros(1, dtype=torch.long), aux])
     # The projector always sees the whole batch (its BatchNorm statistics are the paper's); the denoiser
     # only sees the rows whose loss weight is not zero, so λ1 = λ2 = 0 costs one evaluation a step, not 2 + K.
@@ -264,21 +215,7 @@ def _step_batch(backend, tuning: _Tuning, base_word: str, settings: OneActorTuni
     latents = data.latents[images[live]].to(backend.device)
     choice = torch.randint(0, len(tuning.template_conds), (latents.shape[0],), generator=generator).tolist()
     cond = concat_conditionings([tuning.template_conds[c][i] for c, i in zip(choice, images[live].tolist())])
-    batch = _StepBatch(latents, apply_word_offset(cond, WordOffset(base_word, offsets[live])), weights[live])
-    if settings.contrast_weight:
-        batch = _with_negatives(batch, tuning, others[:settings.contrast_negatives], offsets[0], base_word)
-    return batch
-
-
-def _with_negatives(batch: _StepBatch, tuning: _Tuning, negatives: torch.Tensor, target_offset: torch.Tensor,
-                    base_word: str) -> _StepBatch:
-    """`batch` with the contrast's rows appended: the `negatives` proposals, each under its own caption with the
-    target's offset."""
-    choice = torch.randint(0, len(tuning.template_conds), (len(negatives),), generator=tuning.generator).tolist()
-    cond = concat_conditionings([tuning.template_conds[c][i] for c, i in zip(choice, negatives.tolist())])
-    cond = apply_word_offset(cond, WordOffset(base_word, target_offset.expand(len(negatives), -1)))
-    latents = torch.cat([batch.latents, tuning.data.latents[negatives].to(batch.latents)])
-    return _StepBatch(latents, concat_conditionings([batch.cond, cond]), batch.weights, len(negatives))
+    return latents, apply_word_offset(cond, WordOffset(base_word, offsets[live])), weights[live]
 
 
 def _target_view(proposals: int, views: int, generator: torch.Generator) -> int:
