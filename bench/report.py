@@ -7,15 +7,18 @@ from pathlib import Path
 from ..core.images import contact_sheet, save_png
 from .harness import MethodRun
 from .scoring import Scores
+from .stats import bootstrap_interval
 
-COLUMNS = ("method", "identity consistency", "of readable pairs", "embedder distance", "prompt conformity", "subject conformity",
+COLUMNS = ("method", "identity consistency", "95 % interval (characters resampled)", "of readable pairs", "embedder distance", "prompt conformity", "subject conformity",
            "validity", "pairs agreeing per attribute (shape color pattern eyes accessory)", "tuning evals", "tuning s", "evals / image", "s / image", "peak MB")
 
 
 def table_row(run: MethodRun, scores: Scores) -> list[str]:
     images = max(len(run.prompts), 1)
     peak = max(run.tuning.peak_bytes, run.generation.peak_bytes) / 2**20
-    return [run.method, f"{scores.identity_consistency:.1%}", f"{scores.readable_pair_consistency:.1%}",
+    low, high = bootstrap_interval(scores.character_pairs)
+    return [run.method, f"{scores.identity_consistency:.1%}", f"{low:.1%}–{high:.1%}",
+            f"{scores.readable_pair_consistency:.1%}",
             f"{scores.embedder_distance:.3f}",
             f"{scores.prompt_conformity:.1%}", f"{scores.subject_conformity:.1%}", f"{scores.validity:.1%}",
             " ".join(f"{v:.0%}" for v in scores.attribute_consistency.values()),

@@ -10,6 +10,7 @@ from ..sprites.attributes import ATTRIBUTES, CONTEXT_ATTRIBUTES, IDENTITY_ATTRIB
 from ..sprites.captions import parse_prompt
 from ..sprites.oracle import Oracle, identity_of
 from .harness import MethodRun, same_character_pairs
+from .stats import character_pairs
 
 
 @dataclass
@@ -26,6 +27,8 @@ class Scores:
     readable_pair_consistency: float = float("nan")
     # the oracle's reading of each image's identity by name (None: unreadable), in the run's order, for diagnosis
     identities: list = field(default_factory=list)
+    # (agreeing pairs, pairs) per character: what `bench.stats` resamples and `bench.pool` pools across runs
+    character_pairs: list = field(default_factory=list)
 
 
 def _named(prompt: str, attributes) -> dict[str, int]:
@@ -64,4 +67,5 @@ def score(run: MethodRun, oracle: Oracle, embedder=None) -> Scores:
         readable_pair_consistency=sum(readable) / len(readable) if readable else float("nan"),
         identities=[None if identity is None else {a: ATTRIBUTES[a][getattr(identity, a)] for a in IDENTITY_ATTRIBUTES}
                     for identity in identities],
+        character_pairs=character_pairs(identities, run.character_of),
     )
