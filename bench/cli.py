@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from ..cli import load_model
+from ..core.checkpoint import atomic_write_text
 from .harness import PlainSampling, SamplingSettings, read_characters, run_method
 from .methods.chosen_one import ChosenOneMethod, PureClusterCeiling
 from .methods.oneactor import NamedOffsetCeiling, OneActorMethod, OneActorRecipe
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     header = (f"model `{args.model}`, {len(characters)} characters × {len(characters[0].contexts)} prompts, "
               f"{args.steps} steps, CFG {args.cfg}, {args.sampler}, base seed {args.seed}, "
               f"{torch.get_num_threads()} CPU threads\n\n")
-    (out / "results.md").write_text(header + table)
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    atomic_write_text(header + table, out / "results.md")
+    atomic_write_text(json.dumps(results, indent=1, default=str), out / "results.json")
     print(header + table)
     return 0

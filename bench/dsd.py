@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..core.checkpoint import atomic_write_text
 from ..core.dsd.grids import ordered_pairs
 from ..core.dsd.pairs import PairMining, grid_prompts, mine_pairs
 from ..core.dsd.training import TwoFrameTraining, train_two_frame
@@ -210,9 +211,9 @@ def main(argv: list[str] | None = None) -> int:
                        for n in range(min(8, bench.references))])
     save_png(contact_sheet(sheet, columns=bench.contexts + 1, scale=3), out / "dsd_contact_sheet.png")
     table = report(args.model, mined, seconds, baseline, dsd, bench, len(targets))
-    (out / "results.md").write_text(table)
-    (out / "results.json").write_text(json.dumps({"mined": mined, "seconds": seconds, "baseline": baseline,
-                                                  "dsd": dsd, "losses": losses[::10]}, indent=1))
+    atomic_write_text(table, out / "results.md")
+    atomic_write_text(json.dumps({"mined": mined, "seconds": seconds, "baseline": baseline, "dsd": dsd,
+                                  "losses": losses[::10]}, indent=1), out / "results.json")
     print(table)
     return 0
 

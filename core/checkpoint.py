@@ -40,10 +40,14 @@ def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def atomic_write_json(value, path: Path) -> None:
+    atomic_write_text(json.dumps(value, indent=1, sort_keys=True), path)
+
+
+def atomic_write_text(text: str, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=1, sort_keys=True))
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 
