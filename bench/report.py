@@ -9,8 +9,10 @@ from .harness import MethodRun
 from .scoring import Scores
 from .stats import bootstrap_interval
 
-COLUMNS = ("method", "identity consistency", "95 % interval (characters resampled)", "of readable pairs", "embedder distance", "prompt conformity", "subject conformity",
-           "validity", "pairs agreeing per attribute (shape color pattern eyes accessory)", "tuning evals", "tuning s", "evals / image", "s / image", "peak MB")
+COLUMNS = ("method", "identity consistency", "95 % interval (characters resampled)", "of readable pairs",
+           "embedder distance", "prompt conformity", "subject conformity", "validity",
+           "pairs agreeing per attribute (shape color pattern eyes accessory)", "tuning evals", "tuning s",
+           "evals / image", "s / image", "peak MB")
 
 
 def table_row(run: MethodRun, scores: Scores) -> list[str]:

@@ -10,7 +10,7 @@ from ..sprites.attributes import ATTRIBUTES, CONTEXT_ATTRIBUTES, IDENTITY_ATTRIB
 from ..sprites.captions import parse_prompt
 from ..sprites.oracle import Oracle, identity_of
 from .harness import MethodRun, same_character_pairs
-from .stats import character_pairs
+from .stats import character_pairs, pooled_share
 
 
 @dataclass
@@ -48,7 +48,7 @@ def score(run: MethodRun, oracle: Oracle, embedder=None) -> Scores:
     reading = oracle.read(run.images)
     identities = identity_of(reading)
     pairs = list(same_character_pairs(run.character_of))
-    agree = [identities[i] is not None and identities[i] == identities[j] for i, j in pairs]
+    counts = character_pairs(identities, run.character_of)
     readable = [identities[i] == identities[j] for i, j in pairs if identities[i] is not None and identities[j] is not None]
     distance = float("nan")
     if embedder is not None:
@@ -57,7 +57,7 @@ def score(run: MethodRun, oracle: Oracle, embedder=None) -> Scores:
         embeddings = embed_images(embedder, run.images)
         distance = float(torch.stack([(embeddings[i] - embeddings[j]).norm() for i, j in pairs]).mean())
     return Scores(
-        identity_consistency=sum(agree) / max(len(agree), 1),
+        identity_consistency=pooled_share(counts) if pairs else 0.0,
         embedder_distance=distance,
         prompt_conformity=_share_matching(reading, run.prompts, CONTEXT_ATTRIBUTES),
         subject_conformity=_share_matching(reading, run.prompts, IDENTITY_ATTRIBUTES),
@@ -67,5 +67,5 @@ def score(run: MethodRun, oracle: Oracle, embedder=None) -> Scores:
         readable_pair_consistency=sum(readable) / len(readable) if readable else float("nan"),
         identities=[None if identity is None else {a: ATTRIBUTES[a][getattr(identity, a)] for a in IDENTITY_ATTRIBUTES}
                     for identity in identities],
-        character_pairs=character_pairs(identities, run.character_of),
+        character_pairs=counts,
     )

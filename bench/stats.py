@@ -10,20 +10,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from .harness import same_character_pairs
+
 
 def character_pairs(identities: list, character_of: list[int]) -> list[tuple[int, int]]:
     """(agreeing pairs, pairs) of each character, in the order characters first appear. A pair agrees when the
     oracle reads both images (not None) and reads the same identity."""
-    counts: dict[int, list[int]] = {}
-    for i, owner in enumerate(character_of):
-        agree, pairs = counts.setdefault(owner, [0, 0])
-        earlier = [j for j in range(i) if character_of[j] == owner]
-        counts[owner] = [agree + sum(_agree(identities[i], identities[j]) for j in earlier), pairs + len(earlier)]
+    counts = {owner: [0, 0] for owner in character_of}
+    for i, j in same_character_pairs(character_of):
+        counts[character_of[i]][0] += identities[i] is not None and identities[i] == identities[j]
+        counts[character_of[i]][1] += 1
     return [(agree, pairs) for agree, pairs in counts.values()]
-
-
-def _agree(a, b) -> bool:
-    return a is not None and a == b
 
 
 def pooled_share(counts: list[tuple[int, int]]) -> float:
