@@ -12,7 +12,7 @@ import torch
 
 from ..cli import load_model
 from ..core.checkpoint import atomic_write_text
-from .harness import PlainSampling, SamplingSettings, read_characters, run_method
+from .harness import DEFAULT_PROMPTS, PlainSampling, SamplingSettings, read_characters, run_method
 from .methods.chosen_one import ChosenOneMethod, PureClusterCeiling
 from .methods.oneactor import NamedOffsetCeiling, OneActorMethod, OneActorRecipe
 from .methods.reference import NamedIdentity
@@ -20,7 +20,6 @@ from .overrides import parse_overrides
 from .report import markdown_table, table_row, write_contact_sheet
 from .scoring import score
 
-DEFAULT_PROMPTS = Path(__file__).parent / "prompts" / "sprite_characters.txt"
 # Each factory gets the embedder, the output folder (for the methods' run directories) and --set overrides.
 METHODS = {
     "plain": lambda embedder, out, sets: PlainSampling(),

@@ -29,6 +29,10 @@ class Character:
         return [f"{self.subject} {context}" for context in self.contexts]
 
 
+#: The benchmark's characters: 24 subjects, each with 5 contexts.
+DEFAULT_PROMPTS = Path(__file__).parent / "prompts" / "sprite_characters.txt"
+
+
 def read_characters(path: str | Path) -> list[Character]:
     characters = []
     for line in Path(path).read_text().splitlines():

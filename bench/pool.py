@@ -11,8 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .cli import DEFAULT_PROMPTS
-from .harness import read_characters
+from .harness import DEFAULT_PROMPTS, read_characters
 from .stats import bootstrap_interval, character_pairs, pooled_share
 
 COLUMNS = ("run", "characters", "identity consistency", "95 % interval (characters resampled)", "prompt conformity",
