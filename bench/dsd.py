@@ -4,6 +4,8 @@
    → ordered pairs kept when the image embedder finds them similar (the pipeline users run).
    The oracle then says how often grids and pairs really show one identity, before and after filtering.
 2. Train the two-frame model (c_embedder + LoRA) on the kept pairs.
+   With `--pairs renders` the pair dataset is instead what a perfect miner would give: renders of one
+   character in two scenes (a ceiling row, as `chosen-one-fast-pure-cluster` is for the Chosen One).
 3. Test on characters the pair dataset never showed: a render of each one is the reference, and the
    two-frame model draws it in new prompted contexts. Identity agreement = the oracle reads all five
    identity attributes of the new frame equal to the reference's. The baseline samples the same
@@ -27,7 +29,7 @@ from ..core.checkpoint import atomic_write_text
 from ..core.dsd.grids import ordered_pairs
 from ..core.dsd.pairs import PairMining, grid_prompts, mine_pairs
 from ..core.dsd.training import TwoFrameTraining, train_two_frame
-from ..core.images import contact_sheet, pil_to_tensor, save_png
+from ..core.images import contact_sheet, pil_to_tensor, save_png, to_pil
 from ..core.proposals import ProposalSettings
 from ..sprites.attributes import ATTRIBUTES, IDENTITY_ATTRIBUTES, Context, Identity
 from ..sprites.captions import context_phrase
@@ -39,6 +41,9 @@ from .harness import SamplingSettings, draw
 log = logging.getLogger(__name__)
 SCENES = [context_phrase(Context(b, p)) for b in range(len(ATTRIBUTES["background"]))
           for p in range(len(ATTRIBUTES["position"]))]
+
+
+PAIR_SOURCES = ("mined", "renders")
 
 
 @dataclass
@@ -55,6 +60,9 @@ class DSDBench:
     references: int = 24
     contexts: int = 5
     seed: int = 0
+    pairs: str = "mined"  # or "renders": the ceiling, pairs a perfect miner would give
+    render_identities: int = 400
+    pairs_per_identity: int = 4
 
 
 # ------------------------------------------------------------------ 1. mining
@@ -65,6 +73,26 @@ def mine(backend, embedder, folder: Path, bench: DSDBench) -> dict:
     sampling = ProposalSettings(count=1, seed=bench.seed, steps=bench.steps, cfg=bench.cfg, height=64, width=64)
     return mine_pairs(backend, prompts, folder, lambda images: embed_images(embedder, images),
                       PairMining(threshold=bench.threshold, sampling=sampling))
+
+
+def render_pairs(folder: Path, bench: DSDBench) -> dict:
+    """A pair dataset of renders: `render_identities` characters, each in `pairs_per_identity` pairs of two
+    random scenes (reference, target and the target's prompt); the same summary keys as `pair_agreement`."""
+    rng = np.random.default_rng(bench.seed + 123)
+    identities = [int(i) for i in rng.permutation(Identity.count())[: bench.render_identities]]
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for index in identities:
+        for k in range(bench.pairs_per_identity):
+            scenes = [Context(int(s) // 3, int(s) % 3) for s in rng.choice(len(SCENES), 2, replace=False)]
+            names = [f"identity{index:05d}_{k}_{role}.png" for role in ("reference", "target")]
+            for name, scene in zip(names, scenes):
+                save_png(to_pil(render(Identity.from_index(index), scene, rng)), folder / name)
+            lines.append(json.dumps({"grid": index, "reference": names[0], "target": names[1],
+                                     "prompt": f"a blob {context_phrase(scenes[1])}", "similarity": 1.0}))
+    atomic_write_text("\n".join(lines) + "\n", folder / "pairs.jsonl")
+    return {"kept": len(lines), "characters": len(identities), "pair_agreement_kept": 1.0,
+            "seen_identities": sorted(identities)}
 
 
 def _panels(folder: Path, grid: int) -> torch.Tensor:
@@ -151,17 +179,24 @@ def _row(name: str, scores: dict) -> str:
             + " |")
 
 
-def report(model: str, mined: dict, seconds: dict, baseline: dict, dsd: dict, bench: DSDBench, n_images: int) -> str:
-    lines = [
-        f"DSD in the sprite world (model `{model}`), settings: {asdict(bench)}", "",
-        "| pair mining | value |", "|---|---|",
+def _mining_rows(mined: dict, bench: DSDBench) -> list[str]:
+    if bench.pairs == "renders":
+        return [f"| pair dataset: renders of one character in two scenes (the ceiling, no mining) | {mined['kept']} pairs "
+                f"of {mined['characters']} characters |"]
+    return [
         f"| grids | {mined['grids']} |",
         f"| grids showing one identity in all four panels | {mined['grid_consistency']:.1%} |",
         f"| panels the oracle reads | {mined['panel_validity']:.1%} |",
         (f"| ordered pairs, identity agreement before filtering | {mined['pair_agreement_unfiltered']:.1%} "
-        f"({mined['pairs']} pairs) |"),
+         f"({mined['pairs']} pairs) |"),
         (f"| kept pairs (embedder cosine ≥ {bench.threshold}), identity agreement | "
-        f"{mined['pair_agreement_kept']:.1%} ({mined['kept']} pairs) |"),
+         f"{mined['pair_agreement_kept']:.1%} ({mined['kept']} pairs) |")]
+
+
+def report(model: str, mined: dict, seconds: dict, baseline: dict, dsd: dict, bench: DSDBench, n_images: int) -> str:
+    lines = [
+        f"DSD in the sprite world (model `{model}`), settings: {asdict(bench)}", "",
+        "| pair mining | value |", "|---|---|", *_mining_rows(mined, bench),
         (f"| wall time: mining {seconds['mine']:.0f} s, training {seconds['train']:.0f} s "
         f"({bench.train_steps} steps × {bench.batch}) | |"), "",
         (f"Held-out test: {bench.references} identities never in the pair dataset × {bench.contexts} new contexts "
@@ -190,11 +225,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     bench = DSDBench(**{k: getattr(args, k) for k in asdict(DSDBench())})
+    if bench.pairs not in PAIR_SOURCES:
+        raise SystemExit(f"--pairs {bench.pairs!r}: choose one of {', '.join(PAIR_SOURCES)}")
     out, backend, oracle = Path(args.out), load_model(args.model, "cpu"), Oracle.load()
     seconds, start = {}, time.perf_counter()
-    mine(backend, load_embedder(), out / "pairs", bench)
+    if bench.pairs == "renders":
+        mined = render_pairs(out / "pairs", bench)
+    else:
+        mine(backend, load_embedder(), out / "pairs", bench)
+        mined = pair_agreement(out / "pairs", oracle)
     seconds["mine"] = time.perf_counter() - start
-    mined = pair_agreement(out / "pairs", oracle)
     start = time.perf_counter()
     training = TwoFrameTraining(steps=bench.train_steps, batch_size=bench.batch, rank=bench.rank,
                                 alpha=float(bench.rank), lr=bench.lr, side=32, seed=bench.seed, checkpoint_every=250)

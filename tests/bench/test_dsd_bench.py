@@ -33,3 +33,25 @@ def test_agreement_of_exact_renders_is_full_and_of_other_identities_empty(oracle
     assert scores["identity_agreement"] == 1.0 and scores["prompt_conformity"] == 1.0
     shifted = targets[2:] + targets[:2]
     assert agreement(torch.stack(images), shifted, contexts, oracle)["identity_agreement"] == 0.0
+
+
+def test_render_pairs_show_one_character_in_two_scenes_and_prompt_the_target_scene(tmp_path, oracle):
+    import json
+
+    from PIL import Image
+
+    from protagonist.bench.dsd import render_pairs
+    from protagonist.core.images import pil_to_tensor
+    from protagonist.sprites.captions import context_phrase
+    from protagonist.sprites.oracle import context_of, identity_of
+
+    summary = render_pairs(tmp_path, DSDBench(render_identities=3, pairs_per_identity=2))
+    pairs = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]
+    assert summary["kept"] == len(pairs) == 6 and len(summary["seen_identities"]) == 3
+    images = torch.stack([pil_to_tensor(Image.open(tmp_path / p[role])) for p in pairs for role in ("reference", "target")])
+    reading = oracle.read(images)
+    identities, scenes = identity_of(reading), context_of(reading)
+    assert all(identities[2 * k] == identities[2 * k + 1] is not None for k in range(6))
+    assert {identities[2 * k].index for k in range(6)} == set(summary["seen_identities"])
+    assert all(p["prompt"] == f"a blob {context_phrase(scenes[2 * k + 1])}" for k, p in enumerate(pairs))
+    assert all(scenes[2 * k] != scenes[2 * k + 1] for k in range(6))
