@@ -181,8 +181,8 @@ def _row(name: str, scores: dict) -> str:
 
 def _mining_rows(mined: dict, bench: DSDBench) -> list[str]:
     if bench.pairs == "renders":
-        return [f"| pair dataset: renders of one character in two scenes (the ceiling, no mining) | {mined['kept']} pairs "
-                f"of {mined['characters']} characters |"]
+        return [f"| pair dataset: renders of one character in two scenes (the ceiling, no mining) | "
+                f"{mined['kept']} pairs of {mined['characters']} characters |"]
     return [
         f"| grids | {mined['grids']} |",
         f"| grids showing one identity in all four panels | {mined['grid_consistency']:.1%} |",

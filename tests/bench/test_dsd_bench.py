@@ -48,7 +48,8 @@ def test_render_pairs_show_one_character_in_two_scenes_and_prompt_the_target_sce
     summary = render_pairs(tmp_path, DSDBench(render_identities=3, pairs_per_identity=2))
     pairs = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]
     assert summary["kept"] == len(pairs) == 6 and len(summary["seen_identities"]) == 3
-    images = torch.stack([pil_to_tensor(Image.open(tmp_path / p[role])) for p in pairs for role in ("reference", "target")])
+    images = torch.stack([pil_to_tensor(Image.open(tmp_path / p[role]))
+                          for p in pairs for role in ("reference", "target")])
     reading = oracle.read(images)
     identities, scenes = identity_of(reading), context_of(reading)
     assert all(identities[2 * k] == identities[2 * k + 1] is not None for k in range(6))
