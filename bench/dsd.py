@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import time
@@ -25,10 +26,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..core.adapters import lora_applied
 from ..core.checkpoint import atomic_write_text
 from ..core.dsd.grids import ordered_pairs
 from ..core.dsd.pairs import PairMining, grid_prompts, mine_pairs
 from ..core.dsd.training import TwoFrameTraining, train_two_frame
+from ..core.dsd.two_frame import condition_tokens, conditioned
 from ..core.images import contact_sheet, pil_to_tensor, save_png, to_pil
 from ..core.proposals import ProposalSettings
 from ..sprites.attributes import ATTRIBUTES, IDENTITY_ATTRIBUTES, Context, Identity
@@ -154,6 +157,41 @@ def agreement(images: torch.Tensor, targets: list[Identity], contexts: list[Cont
             "validity": float(reading.valid.float().mean()), "per_attribute": per_attribute}
 
 
+RELIANCE_SIGMAS = (0.9, 0.7, 0.5, 0.3)
+
+
+def reference_reliance(backend, c_embedder, lora, rank: int, sigmas=RELIANCE_SIGMAS, pairs: int = 32,
+                       seed: int = 0) -> dict[float, float]:
+    """How much the two-frame model reads its reference, per noise level (FLUX's σ, 0 to 1).
+
+    The x0 error on the new frame when the reference shows a stranger, over the error when it shows the
+    character (same target render, noise and prompt). 1 means the reference is ignored; a model that carries
+    the character must read it where identity is decided (σ above about 0.5 for this world's FLUX).
+    """
+    rng = np.random.default_rng(seed)
+    characters, strangers = ([Identity.random(rng) for _ in range(pairs)] for _ in range(2))
+    scenes, new_scenes = ([Context.random(rng) for _ in range(pairs)] for _ in range(2))
+    references, others, targets = (torch.stack([render(i, c, rng) for i, c in zip(who, where)])
+                                   for who, where in ((characters, scenes), (strangers, scenes),
+                                                      (characters, new_scenes)))
+    with torch.no_grad():
+        latents = backend.encode_images(torch.cat([references, targets], dim=-1))
+        cond = backend.encode_prompts([f"a blob {context_phrase(c)}" for c in new_scenes])
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed))
+    adapter = (lora_applied(backend.denoiser, lora, rank, float(rank), backend.lora_targets()) if lora
+               else contextlib.nullcontext())
+    with adapter:
+        return {sigma: _new_frame_error(backend, c_embedder, others, latents, noise, sigma, cond)
+                / _new_frame_error(backend, c_embedder, references, latents, noise, sigma, cond) for sigma in sigmas}
+
+
+def _new_frame_error(backend, c_embedder, references, latents, noise, sigma: float, cond) -> float:
+    sigmas = torch.full((latents.shape[0],), float(sigma))
+    with torch.no_grad(), conditioned(backend.image_embedder(), c_embedder, condition_tokens(backend, references, 32)):
+        denoised = backend.predict(backend.schedule.add_noise(latents, noise, sigmas), sigmas, [cond])[0]
+    return float((denoised - latents)[..., latents.shape[-1] // 2:].pow(2).mean())
+
+
 def generate_frames(backend, c_embedder, lora, test: HeldOut, bench: DSDBench, with_reference: bool) -> torch.Tensor:
     from ..core.dsd.generate import generate_two_frame
     from ..core.dsd.guidance import TrueCFG
@@ -205,6 +243,11 @@ def report(model: str, mined: dict, seconds: dict, baseline: dict, dsd: dict, be
         + " ".join(IDENTITY_ATTRIBUTES) + " |", "|---|---|---|---|---|",
         _row("plain sampling (no reference)", baseline), _row("two-frame DSD (reference)", dsd),
     ]
+    if "reference_reliance" in dsd:
+        sigmas, ratios = zip(*dsd["reference_reliance"].items())
+        lines += ["", ("Reference reliance (x0 error on the new frame with a stranger's reference ÷ with the "
+                       f"character's; 1 = ignored) at σ {' / '.join(map(str, sigmas))}: "
+                       + " / ".join(f"{r:.2f}" for r in ratios))]
     return "\n".join(lines) + "\n"
 
 
@@ -247,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         plain = generate_frames(backend, None, None, test, bench, with_reference=False)
         frames = generate_frames(backend, c_embedder, lora, test, bench, with_reference=True)
     baseline, dsd = agreement(plain, targets, contexts, oracle), agreement(frames, targets, contexts, oracle)
+    dsd["reference_reliance"] = reference_reliance(backend, c_embedder, lora, bench.rank)
     sheet = torch.cat([torch.cat([test.references[n:n + 1], frames[n * bench.contexts:(n + 1) * bench.contexts]])
                        for n in range(min(8, bench.references))])
     save_png(contact_sheet(sheet, columns=bench.contexts + 1, scale=3), out / "dsd_contact_sheet.png")

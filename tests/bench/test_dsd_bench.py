@@ -56,3 +56,16 @@ def test_render_pairs_show_one_character_in_two_scenes_and_prompt_the_target_sce
     assert {identities[2 * k].index for k in range(6)} == set(summary["seen_identities"])
     assert all(p["prompt"] == f"a blob {context_phrase(scenes[2 * k + 1])}" for k, p in enumerate(pairs))
     assert all(scenes[2 * k] != scenes[2 * k + 1] for k in range(6))
+
+
+def test_reference_reliance_is_one_for_an_untrained_c_embedder_and_not_for_a_trained_one(tiny_flux_backend):
+    from protagonist.bench.dsd import reference_reliance
+    from protagonist.core.dsd.two_frame import new_c_embedder
+
+    c_embedder = new_c_embedder(tiny_flux_backend.image_embedder())  # zero-initialised: the reference adds nothing
+    ratios = reference_reliance(tiny_flux_backend, c_embedder, None, 4, sigmas=(0.9, 0.5), pairs=4)
+    assert ratios == {0.9: 1.0, 0.5: 1.0}
+    with torch.no_grad():
+        torch.nn.init.normal_(c_embedder.weight, std=0.5)
+    ratios = reference_reliance(tiny_flux_backend, c_embedder, None, 4, sigmas=(0.9, 0.5), pairs=4)
+    assert all(abs(r - 1.0) > 1e-3 for r in ratios.values())
