@@ -38,7 +38,7 @@ from ..sprites.attributes import ATTRIBUTES, IDENTITY_ATTRIBUTES, Context, Ident
 from ..sprites.captions import context_phrase
 from ..sprites.oracle import Oracle, context_of, identity_of
 from ..sprites.world import render
-from .grids import one_identity
+from .grids import one_identity, x0_error
 from .harness import SamplingSettings, draw
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def mine(backend, embedder, folder: Path, bench: DSDBench) -> dict:
 
 def render_pairs(folder: Path, bench: DSDBench) -> dict:
     """A pair dataset of renders: `render_identities` characters, each in `pairs_per_identity` pairs of two
-    random scenes (reference, target and the target's prompt); the same summary keys as `pair_agreement`."""
+    random scenes (reference, target and the target's prompt); returns their counts and identity indices."""
     rng = np.random.default_rng(bench.seed + 123)
     identities = [int(i) for i in rng.permutation(Identity.count())[: bench.render_identities]]
     folder.mkdir(parents=True, exist_ok=True)
@@ -91,11 +91,10 @@ def render_pairs(folder: Path, bench: DSDBench) -> dict:
             names = [f"identity{index:05d}_{k}_{role}.png" for role in ("reference", "target")]
             for name, scene in zip(names, scenes):
                 save_png(to_pil(render(Identity.from_index(index), scene, rng)), folder / name)
-            lines.append(json.dumps({"grid": index, "reference": names[0], "target": names[1],
-                                     "prompt": f"a blob {context_phrase(scenes[1])}", "similarity": 1.0}))
+            lines.append(json.dumps({"identity": index, "reference": names[0], "target": names[1],
+                                     "prompt": f"a blob {context_phrase(scenes[1])}"}))
     atomic_write_text("\n".join(lines) + "\n", folder / "pairs.jsonl")
-    return {"kept": len(lines), "characters": len(identities), "pair_agreement_kept": 1.0,
-            "seen_identities": sorted(identities)}
+    return {"kept": len(lines), "characters": len(identities), "seen_identities": sorted(identities)}
 
 
 def _panels(folder: Path, grid: int) -> torch.Tensor:
@@ -178,18 +177,16 @@ def reference_reliance(backend, c_embedder, lora, rank: int, sigmas=RELIANCE_SIG
         latents = backend.encode_images(torch.cat([references, targets], dim=-1))
         cond = backend.encode_prompts([f"a blob {context_phrase(c)}" for c in new_scenes])
     noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed))
+    tokens = {name: condition_tokens(backend, images, 32) for name, images in (("own", references), ("other", others))}
     adapter = (lora_applied(backend.denoiser, lora, rank, float(rank), backend.lora_targets()) if lora
                else contextlib.nullcontext())
-    with adapter:
-        return {sigma: _new_frame_error(backend, c_embedder, others, latents, noise, sigma, cond)
-                / _new_frame_error(backend, c_embedder, references, latents, noise, sigma, cond) for sigma in sigmas}
-
-
-def _new_frame_error(backend, c_embedder, references, latents, noise, sigma: float, cond) -> float:
-    sigmas = torch.full((latents.shape[0],), float(sigma))
-    with torch.no_grad(), conditioned(backend.image_embedder(), c_embedder, condition_tokens(backend, references, 32)):
-        denoised = backend.predict(backend.schedule.add_noise(latents, noise, sigmas), sigmas, [cond])[0]
-    return float((denoised - latents)[..., latents.shape[-1] // 2:].pow(2).mean())
+    new_frame = (..., slice(latents.shape[-1] // 2, None))
+    errors = {}
+    with adapter, torch.no_grad():
+        for name in tokens:
+            with conditioned(backend.image_embedder(), c_embedder, tokens[name]):
+                errors[name] = [x0_error(backend, latents, noise, sigma, cond, new_frame) for sigma in sigmas]
+    return {sigma: other / own for sigma, other, own in zip(sigmas, errors["other"], errors["own"])}
 
 
 def generate_frames(backend, c_embedder, lora, test: HeldOut, bench: DSDBench, with_reference: bool) -> torch.Tensor:

@@ -95,12 +95,13 @@ def panel_reliance(backend, sigmas=(0.9, 0.7, 0.5), grids: int = 32, seed: int =
         cond = backend.encode_prompts(captions, image_size=(64, 64))
         latents = [backend.encode_images(torch.stack(images)) for images in (same, mixed)]
         noise = torch.randn(latents[0].shape, generator=torch.Generator().manual_seed(seed))
-        return {sigma: _top_left_error(backend, latents[1], noise, sigma, cond)
-                / _top_left_error(backend, latents[0], noise, sigma, cond) for sigma in sigmas}
+        top_left = (..., slice(latents[0].shape[-2] // 2), slice(latents[0].shape[-1] // 2))
+        return {sigma: x0_error(backend, latents[1], noise, sigma, cond, top_left)
+                / x0_error(backend, latents[0], noise, sigma, cond, top_left) for sigma in sigmas}
 
 
-def _top_left_error(backend, latents: torch.Tensor, noise: torch.Tensor, sigma: float, cond) -> float:
+def x0_error(backend, latents: torch.Tensor, noise: torch.Tensor, sigma: float, cond, region: tuple) -> float:
+    """Mean squared error of the denoiser's x0 prediction at `sigma` over `region` (an index into the latents)."""
     sigmas = torch.full((latents.shape[0],), float(sigma))
     denoised = backend.predict(backend.schedule.add_noise(latents, noise, sigmas), sigmas, [cond])[0]
-    h, w = latents.shape[-2] // 2, latents.shape[-1] // 2
-    return float((denoised - latents)[..., :h, :w].pow(2).mean())
+    return float((denoised - latents)[region].pow(2).mean())
