@@ -47,6 +47,7 @@ SCENES = [context_phrase(Context(b, p)) for b in range(len(ATTRIBUTES["backgroun
 
 
 PAIR_SOURCES = ("mined", "renders")
+FRAME = 32  # the sprite world's image side: each frame of the two-frame canvas
 
 
 @dataclass
@@ -177,7 +178,8 @@ def reference_reliance(backend, c_embedder, lora, rank: int, sigmas=RELIANCE_SIG
         latents = backend.encode_images(torch.cat([references, targets], dim=-1))
         cond = backend.encode_prompts([f"a blob {context_phrase(c)}" for c in new_scenes])
     noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed))
-    tokens = {name: condition_tokens(backend, images, 32) for name, images in (("own", references), ("other", others))}
+    tokens = {name: condition_tokens(backend, images, images.shape[-1])
+              for name, images in (("own", references), ("other", others))}
     adapter = (lora_applied(backend.denoiser, lora, rank, float(rank), backend.lora_targets()) if lora
                else contextlib.nullcontext())
     new_frame = (..., slice(latents.shape[-1] // 2, None))
@@ -200,7 +202,7 @@ def generate_frames(backend, c_embedder, lora, test: HeldOut, bench: DSDBench, w
         if with_reference:
             references = test.references[n:n + 1].expand(len(prompts), -1, -1, -1)
             frames.append(generate_two_frame(backend, c_embedder, lora, bench.rank, float(bench.rank), references,
-                                             prompts, seeds, 32, bench.steps,
+                                             prompts, seeds, FRAME, bench.steps,
                                              TrueCFG(image_scale=bench.image_scale, text_scale=bench.cfg)))
         else:
             frames.append(draw(backend, prompts, seeds, settings))
@@ -277,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds["mine"] = time.perf_counter() - start
     start = time.perf_counter()
     training = TwoFrameTraining(steps=bench.train_steps, batch_size=bench.batch, rank=bench.rank,
-                                alpha=float(bench.rank), lr=bench.lr, side=32, seed=bench.seed, checkpoint_every=250)
+                                alpha=float(bench.rank), lr=bench.lr, side=FRAME, seed=bench.seed, checkpoint_every=250)
     c_embedder, lora, losses = train_two_frame(backend, out / "pairs", out / "train", training)
     seconds["train"] = time.perf_counter() - start
     test = held_out(set(mined.pop("seen_identities")), bench)
