@@ -49,10 +49,6 @@ class OneActorTuning:
     # cannot carry what is particular to one image as easily (the tuned offset overfits the target:
     # bench/results/sprite_methods.md, session 11).
     mirror_target: bool = True
-    # The paper also crops its target; a resized crop blurs the sprite world's 3–4 px marks (session 16), so
-    # this shifts instead: each target view also comes moved by this many pixels left, right, up and down
-    # (edges repeated), so the offset cannot hold where exactly the target's pixels lie. 0: no shifted views.
-    shift_pixels: int = 0
 
 
 _MIRRORED = {"left": "right", "right": "left"}
@@ -95,42 +91,14 @@ class ProposalSet:
         caption = template.format(base_word)
         return [f"{caption} {scene}" if scene else caption for scene in (self.scenes or [""] * len(self.latents))]
 
-    def with_target_views(self, backend: DiffusionBackend, mirror: bool = True,
-                          shift: int = 0) -> tuple["ProposalSet", int]:
-        """The set with further views of the target appended as last rows, and the number of target views
-        (the target included): its mirror image (its scene mirrored too) and, with `shift`, each of those moved
-        by `shift` pixels in the four directions. Views are drawn through the VAE: decoded, changed, encoded."""
-        if not mirror and not shift:
-            return self, 1
+    def with_mirrored_target(self, backend: DiffusionBackend) -> tuple["ProposalSet", int]:
+        """The set with the target's mirror image appended as a last row (its scene mirrored too), and the
+        number of target views (2). The mirror is drawn through the VAE: decoded, flipped, encoded."""
         with torch.no_grad():
             image = backend.decode_latents(self.latents[:1].to(backend.device, backend.dtype))
-            images, scenes = [image], [self.scenes[0] if self.scenes else ""]
-            if mirror:
-                images.append(image.flip(-1))
-                scenes.append(mirrored_text(scenes[0]))
-            if shift:
-                images, scenes = _with_shifts(images, scenes, shift)
-            views = backend.encode_images(torch.cat(images[1:])).to(self.latents)
-        more_scenes = None if self.scenes is None else [*self.scenes, *scenes[1:]]
-        return ProposalSet(torch.cat([self.latents, views]), self.features, self.image_size, more_scenes), len(images)
-
-
-def _with_shifts(images: list[torch.Tensor], scenes: list[str], shift: int):
-    """`images` ([1, 3, H, W] each) followed by each of them moved `shift` pixels left, right, up and down."""
-    moved, moved_scenes = list(images), list(scenes)
-    for image, scene in zip(images, scenes):
-        for dx, dy in ((-shift, 0), (shift, 0), (0, -shift), (0, shift)):
-            moved.append(shifted(image, dx, dy))
-            moved_scenes.append(scene)
-    return moved, moved_scenes
-
-
-def shifted(image: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
-    """`image` [B, C, H, W] moved dx pixels right and dy down, the vacated edge filled by repeating the border."""
-    padded = torch.nn.functional.pad(image, (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0)), mode="replicate")
-    height, width = image.shape[-2:]
-    top, left = max(-dy, 0), max(-dx, 0)
-    return padded[..., top:top + height, left:left + width]
+            mirror = backend.encode_images(image.flip(-1)).to(self.latents)
+        scenes = None if self.scenes is None else [*self.scenes, mirrored_text(self.scenes[0])]
+        return ProposalSet(torch.cat([self.latents, mirror]), self.features, self.image_size, scenes), 2
 
 
 @dataclass
@@ -202,7 +170,7 @@ def tune_projectors(backend: DiffusionBackend, sets: list[ProposalSet], base_wor
 def _new_tuning(backend, data: ProposalSet, base_word: str, settings: OneActorTuning, encoded: dict) -> _Tuning:
     projector = new_projector(backend, data.features, settings.seed).to(backend.device)
     proposals = data.latents.shape[0]
-    data, views = data.with_target_views(backend, settings.mirror_target, settings.shift_pixels)
+    data, views = data.with_mirrored_target(backend) if settings.mirror_target else (data, 1)
     projector.train()
     return _Tuning(data, proposals, views, _encoded_captions(backend, data, settings.templates, base_word, encoded),
                    projector, torch.Generator().manual_seed(settings.seed))

@@ -189,7 +189,7 @@ def test_the_target_comes_as_itself_and_its_mirror_image(tiny_sdxl_backend, prop
 
     data = ProposalSet.from_proposals(proposals, target=1, image_size=(32, 32),
                                       scenes=["at night, on the right", "on a beach, on the left"] + ["at night"] * 3)
-    mirrored, views = data.with_target_views(tiny_sdxl_backend)
+    mirrored, views = data.with_mirrored_target(tiny_sdxl_backend)
     assert views == 2 and mirrored.latents.shape[0] == 6 and mirrored.scenes[-1] == "on a beach, on the right"
     with torch.no_grad():  # the tiny VAE is random, so the mirror is checked against its definition
         mirror = tiny_sdxl_backend.encode_images(tiny_sdxl_backend.decode_latents(proposals.latents[1:2]).flip(-1))
@@ -226,31 +226,3 @@ def test_projectors_tuned_side_by_side_equal_each_tuned_alone(tiny_sdxl_backend,
         assert not torch.allclose(together[0].projector(sets[0].features), together[1].projector(sets[0].features))
     with pytest.raises(ProtagonistError, match="no proposal sets to tune"):
         tune_projectors(tiny_sdxl_backend, [], "blob", settings)
-
-
-def test_a_shifted_view_moves_the_pixels_and_repeats_the_border():
-    from protagonist.core.oneactor.tuning import shifted
-
-    image = torch.arange(16.0).reshape(1, 1, 4, 4)
-    right = shifted(image, 1, 0)
-    assert torch.equal(right[..., 1:], image[..., :3]) and torch.equal(right[..., 0], image[..., 0])
-    up = shifted(image, 0, -2)
-    assert torch.equal(up[..., :2, :], image[..., 2:, :]) and torch.equal(up[..., 3, :], image[..., 3, :])
-    assert torch.equal(shifted(image, 0, 0), image)
-
-
-def test_with_shifts_the_target_and_its_mirror_each_come_moved_four_ways(tiny_sdxl_backend, proposals):
-    from protagonist.core.oneactor.tuning import shifted
-
-    data = ProposalSet.from_proposals(proposals, target=0, image_size=(32, 32),
-                                      scenes=["on a beach, on the left"] + ["at night"] * 4)
-    views_set, views = data.with_target_views(tiny_sdxl_backend, mirror=True, shift=2)
-    assert views == 10 and views_set.latents.shape[0] == 5 + 9
-    assert views_set.scenes[5:] == ["on a beach, on the right"] + ["on a beach, on the left"] * 4 \
-        + ["on a beach, on the right"] * 4
-    with torch.no_grad():
-        image = tiny_sdxl_backend.decode_latents(proposals.latents[:1])
-        moved = tiny_sdxl_backend.encode_images(shifted(image, -2, 0))
-    assert torch.allclose(views_set.latents[6:7], moved, atol=1e-5)
-    alone, one = data.with_target_views(tiny_sdxl_backend, mirror=False, shift=0)
-    assert one == 1 and alone is data
