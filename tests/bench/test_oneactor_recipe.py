@@ -103,13 +103,17 @@ def test_the_kept_target_is_tuned_with_more_seeds_and_their_offsets_averaged(tin
 
 def test_the_check_images_share_a_held_out_scene_and_are_measured_by_the_embedder(tiny_sdxl_backend, monkeypatch):
     drawn = []
-    monkeypatch.setattr(oneactor, "draw_identity", lambda backend, identity, prompts, seeds, *a: (
-        drawn.append((prompts, seeds)), torch.stack([torch.full((3, 32, 32), float(k)) for k in range(len(seeds))]))[1])
+
+    def draw_identity(backend, identity, prompts, seeds, guidance, size, steps, *rest):
+        drawn.append((prompts, seeds, steps))
+        return torch.stack([torch.full((3, 32, 32), float(k)) for k in range(len(seeds))])
+    monkeypatch.setattr(oneactor, "draw_identity", draw_identity)
     monkeypatch.setattr(oneactor, "embed_images", lambda embedder, images: images.flatten(1)[:, :2])
-    method = oneactor.OneActorMethod(recipe=apply_overrides(OneActorRecipe(), {"check_images": 3}), embedder=object())
+    method = oneactor.OneActorMethod(recipe=apply_overrides(OneActorRecipe(), {"check_images": 3, "check_steps": 15}),
+                                     embedder=object())
     spread = method._check_spread(tiny_sdxl_backend, None, "a red blob", ("in a city", "at night"), seed=40)
-    prompts, seeds = drawn[0]
-    assert prompts == ["a red blob in a city"] * 3
+    prompts, seeds, steps = drawn[0]
+    assert prompts == ["a red blob in a city"] * 3 and steps == 15
     assert seeds == [140, 141, 142]
     assert abs(spread - (2 ** 0.5 * (1 + 2 + 1) / 3)) < 1e-5  # distances 1, 2 and 1 between [k, k] points
     method.recipe.check_in_one_scene = False
