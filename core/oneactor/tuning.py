@@ -148,8 +148,10 @@ def tune_projectors(backend: DiffusionBackend, sets: list[ProposalSet], base_wor
     encoded = {}  # the candidates share most captions: each is encoded once
     tunings = [_new_tuning(backend, data, base_word, settings, encoded) for data in sets]
     # One AdamW over every projector: its update is elementwise, so each projector steps as with its own.
-    optimizer = torch.optim.AdamW([p for t in tunings for p in t.projector.parameters()], lr=settings.lr,
-                                  weight_decay=settings.weight_decay)
+    # Fused where torch has the kernel: the per-tensor loop took a fifth of a CPU tuning step (session 23).
+    parameters = [p for t in tunings for p in t.projector.parameters()]
+    optimizer = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay,
+                                  fused=backend.device.type in ("cpu", "cuda") or None)
     spans = len(tunings[0].template_conds[0][0].word_positions[0])
     if spans > 1:
         log.info("the base word %r is %d tokens; the offset applies to all of them", base_word, spans)
