@@ -119,5 +119,5 @@ def test_the_check_images_share_a_held_out_scene_and_are_measured_by_the_embedde
     method.recipe.check_in_one_scene = False
     method._check_spread(tiny_sdxl_backend, None, "a red blob", ("in a city", "at night"), seed=40)
     assert drawn[1][0] == ["a red blob in a city", "a red blob at night", "a red blob in a city"]
-    with pytest.raises(ValueError, match="4 tuned targets needs the embedder"):  # before any work is done
+    with pytest.raises(ValueError, match="6 tuned targets needs the embedder"):  # before any work is done
         oneactor.OneActorMethod()
