@@ -150,8 +150,8 @@ def tune_projectors(backend: DiffusionBackend, sets: list[ProposalSet], base_wor
     # One AdamW over every projector: its update is elementwise, so each projector steps as with its own.
     # Fused where torch has the kernel: the per-tensor loop took a fifth of a CPU tuning step (session 23).
     parameters = [p for t in tunings for p in t.projector.parameters()]
-    optimizer = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay,
-                                  fused=backend.device.type in ("cpu", "cuda") or None)
+    fused = True if backend.device.type in ("cpu", "cuda") else None  # None: torch's default elsewhere
+    optimizer = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay, fused=fused)
     spans = len(tunings[0].template_conds[0][0].word_positions[0])
     if spans > 1:
         log.info("the base word %r is %d tokens; the offset applies to all of them", base_word, spans)
