@@ -70,6 +70,13 @@ class TrainingDiverged(ProtagonistError):
         self.step = step
 
 
+def adamw(param_groups, device: torch.device, **settings) -> torch.optim.AdamW:
+    """AdamW, fused where torch has the kernel (CPU, CUDA): on a small model its per-tensor loop was a fifth of
+    a CPU training step (bench/results/sprite_methods.md, session 23). Elsewhere torch's default."""
+    fused = True if device.type in ("cpu", "cuda") else None
+    return torch.optim.AdamW(param_groups, fused=fused, **settings)
+
+
 def optimisation_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, step: int, backward=None) -> float:
     """Check the loss, then zero, backpropagate and step; the loss value. `backward` replaces loss.backward()."""
     value = loss.item()

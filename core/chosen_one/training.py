@@ -10,7 +10,7 @@ import torch
 from ..adapters import ATTENTION_TARGETS, LoraAdapter, frozen, frozen_parameters
 from ..interface import DiffusionBackend, ProtagonistError, TokenEmbedding
 from ..proposals import with_scene
-from ..training import check_noisiest_share, denoising_error, optimisation_step
+from ..training import adamw, check_noisiest_share, denoising_error, optimisation_step
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +95,10 @@ def train_identity(backend: DiffusionBackend, images: torch.Tensor, token: Token
     try:
         if initial_lora is not None:
             adapter.load_state_dict(initial_lora)
-        optimizer = torch.optim.AdamW([
+        optimizer = adamw([
             {"params": adapter.parameters(), "lr": settings.lora_lr},
             {"params": list(token.vectors.values()), "lr": settings.token_lr, "weight_decay": 0.0},
-        ])
+        ], backend.device)
         with backend.trainable(), backend.session(), frozen_parameters(base), frozen(*text_modules(backend)):
             losses = _fit(backend, latents, scenes, token, settings, optimizer, generator, callback)
         return LearnedIdentity(_detached(token), adapter.state_dict(), settings.rank, settings.alpha, losses)

@@ -23,7 +23,7 @@ from ..backends.flux import FLUX_ATTENTION  # noqa: F401  (re-exported: diffuser
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..images import pil_to_tensor
 from ..interface import DiffusionBackend, ProtagonistError
-from ..training import denoising_error, optimisation_step
+from ..training import adamw, denoising_error, optimisation_step
 from .two_frame import condition_tokens, conditioned, new_c_embedder
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def train_two_frame(backend: DiffusionBackend, pair_folder: str | Path, run_dir:
         c_embedder = new_c_embedder(backend.image_embedder()).float()
         adapter = LoraAdapter(backend.denoiser, settings.rank, settings.alpha, backend.lora_targets())
     try:
-        optimizer = torch.optim.AdamW([*adapter.parameters(), *c_embedder.parameters()], lr=settings.lr)
+        optimizer = adamw([*adapter.parameters(), *c_embedder.parameters()], backend.device, lr=settings.lr)
         lora_holder = _ParameterHolder(adapter)
         state = load_checkpoint(run_dir, {"c_embedder": c_embedder, "lora": lora_holder}, optimizer)
         start, losses = (state["step"], state["extra"]["losses"]) if state else (0, [])

@@ -23,7 +23,7 @@ from ..interface import (
     apply_word_offset,
     concat_conditionings,
 )
-from ..training import check_noisiest_share, draw_noise, error_at, optimisation_step, per_sample
+from ..training import adamw, check_noisiest_share, draw_noise, error_at, optimisation_step, per_sample
 from .projector import Projector
 
 log = logging.getLogger(__name__)
@@ -148,10 +148,8 @@ def tune_projectors(backend: DiffusionBackend, sets: list[ProposalSet], base_wor
     encoded = {}  # the candidates share most captions: each is encoded once
     tunings = [_new_tuning(backend, data, base_word, settings, encoded) for data in sets]
     # One AdamW over every projector: its update is elementwise, so each projector steps as with its own.
-    # Fused where torch has the kernel: the per-tensor loop took a fifth of a CPU tuning step (session 23).
-    parameters = [p for t in tunings for p in t.projector.parameters()]
-    fused = True if backend.device.type in ("cpu", "cuda") else None  # None: torch's default elsewhere
-    optimizer = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay, fused=fused)
+    optimizer = adamw([p for t in tunings for p in t.projector.parameters()], backend.device, lr=settings.lr,
+                      weight_decay=settings.weight_decay)
     spans = len(tunings[0].template_conds[0][0].word_positions[0])
     if spans > 1:
         log.info("the base word %r is %d tokens; the offset applies to all of them", base_word, spans)
