@@ -9,6 +9,7 @@ counterpart for characters that are not people); each step draws one of them.
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 from dataclasses import dataclass, field
@@ -71,6 +72,13 @@ class ProposalSet:
     features: torch.Tensor
     image_size: tuple[int, int]
     scenes: list[str] | None = None
+    # Rows of `latents` after the proposals: further views of the target (its mirror image, other images of its
+    # character). They have no features: the offset always comes from the target's.
+    target_views: int = 0
+
+    @property
+    def proposals(self) -> int:
+        return self.latents.shape[0] - self.target_views
 
     @classmethod
     def from_proposals(cls, proposals, target: int, image_size: tuple[int, int],
@@ -91,14 +99,27 @@ class ProposalSet:
         caption = template.format(base_word)
         return [f"{caption} {scene}" if scene else caption for scene in (self.scenes or [""] * len(self.latents))]
 
-    def with_mirrored_target(self, backend: DiffusionBackend) -> tuple["ProposalSet", int]:
-        """The set with the target's mirror image appended as a last row (its scene mirrored too), and the
-        number of target views (2). The mirror is drawn through the VAE: decoded, flipped, encoded."""
+    def with_target_views(self, latents: torch.Tensor, scenes: list[str] | None = None) -> "ProposalSet":
+        """The set with `latents` [V, C, h, w] appended as further views of the target, each captioned with its
+        scene in `scenes` (default: the target's)."""
+        if latents.shape[1:] != self.latents.shape[1:]:
+            raise ProtagonistError(f"target views of shape {tuple(latents.shape[1:])} do not match the proposals' "
+                                   f"latents {tuple(self.latents.shape[1:])}: draw them at the proposals' size")
+        if scenes is not None and len(scenes) != latents.shape[0]:
+            raise ProtagonistError(f"got {len(scenes)} scenes for {latents.shape[0]} target views: give one per view")
+        if self.scenes is not None:
+            scenes = [*self.scenes, *(scenes or [self.scenes[0]] * latents.shape[0])]
+        return ProposalSet(torch.cat([self.latents, latents.to(self.latents)]), self.features, self.image_size,
+                           scenes, self.target_views + latents.shape[0])
+
+    def with_mirrored_target(self, backend: DiffusionBackend) -> "ProposalSet":
+        """The set with the target's mirror image appended as a further view (its scene mirrored too). The mirror
+        is drawn through the VAE: decoded, flipped, encoded."""
         with torch.no_grad():
             image = backend.decode_latents(self.latents[:1].to(backend.device, backend.dtype))
-            mirror = backend.encode_images(image.flip(-1)).to(self.latents)
-        scenes = None if self.scenes is None else [*self.scenes, mirrored_text(self.scenes[0])]
-        return ProposalSet(torch.cat([self.latents, mirror]), self.features, self.image_size, scenes), 2
+            mirror = backend.encode_images(image.flip(-1))
+        scenes = None if self.scenes is None else [mirrored_text(self.scenes[0])]
+        return self.with_target_views(mirror, scenes)
 
 
 @dataclass
@@ -132,13 +153,14 @@ class _Tuning:
 
 
 def tune_projectors(backend: DiffusionBackend, sets: list[ProposalSet], base_word: str, settings: OneActorTuning,
-                    callback=None) -> list[TunedProjector]:
+                    callback=None, projectors: list[Projector] | None = None) -> list[TunedProjector]:
     """One projector per proposal set (e.g. one per candidate target), tuned side by side.
 
     Each projector sees only its own loss and draws from its own generator, seeded alike, so each tuning
     is `tune_projector` on its set alone; only the denoiser's batch is shared, which on a small model costs
     far less than one batch per set (bench/results/sprite_methods.md, session 18). `callback(step, loss)`
-    gets the sum of the sets' losses.
+    gets the sum of the sets' losses. `projectors`, one per set: tune copies of these (e.g. already tuned
+    ones) instead of new projectors.
     """
     if not sets:
         raise ProtagonistError("no proposal sets to tune: give at least one target")
@@ -146,7 +168,10 @@ def tune_projectors(backend: DiffusionBackend, sets: list[ProposalSet], base_wor
         raise ProtagonistError("OneActor needs the target and at least one auxiliary proposal")
     check_noisiest_share(settings.noisiest_share)
     encoded = {}  # the candidates share most captions: each is encoded once
-    tunings = [_new_tuning(backend, data, base_word, settings, encoded) for data in sets]
+    if projectors is not None and len(projectors) != len(sets):
+        raise ProtagonistError(f"got {len(projectors)} projectors for {len(sets)} proposal sets: give one per set")
+    starts = projectors or [None] * len(sets)
+    tunings = [_new_tuning(backend, data, base_word, settings, encoded, start) for data, start in zip(sets, starts)]
     # One AdamW over every projector: its update is elementwise, so each projector steps as with its own.
     optimizer = adamw([p for t in tunings for p in t.projector.parameters()], backend.device, lr=settings.lr,
                       weight_decay=settings.weight_decay)
@@ -167,12 +192,17 @@ def tune_projectors(backend: DiffusionBackend, sets: list[ProposalSet], base_wor
     return [TunedProjector(tuning.projector, tuning.losses) for tuning in tunings]
 
 
-def _new_tuning(backend, data: ProposalSet, base_word: str, settings: OneActorTuning, encoded: dict) -> _Tuning:
-    projector = new_projector(backend, data.features, settings.seed).to(backend.device)
-    proposals = data.latents.shape[0]
-    data, views = data.with_mirrored_target(backend) if settings.mirror_target else (data, 1)
-    projector.train()
-    return _Tuning(data, proposals, views, _encoded_captions(backend, data, settings.templates, base_word, encoded),
+def _new_tuning(backend, data: ProposalSet, base_word: str, settings: OneActorTuning, encoded: dict,
+                start: Projector | None = None) -> _Tuning:
+    if start is None:
+        projector = new_projector(backend, data.features, settings.seed)
+    else:
+        projector = copy.deepcopy(start)  # the caller's projector (a kept identity's) stays as it was
+    proposals = data.proposals
+    data = data.with_mirrored_target(backend) if settings.mirror_target else data
+    projector.to(backend.device).train()
+    return _Tuning(data, proposals, 1 + data.target_views,
+                   _encoded_captions(backend, data, settings.templates, base_word, encoded),
                    projector, torch.Generator().manual_seed(settings.seed))
 
 
@@ -199,7 +229,7 @@ def _step_losses(backend, tunings: list[_Tuning], base_word: str, settings: OneA
 
 def _step_batch(backend, tuning: _Tuning, base_word: str, settings: OneActorTuning):
     """This step's latents, offset conditionings and loss weights of one tuning. `tuning.data` holds the
-    `proposals` (target first), then the target's other views (its mirror image)."""
+    `proposals` (target first), then the target's other views (its mirror image, other images of it)."""
     data, generator = tuning.data, tuning.generator
     aux_count = min(settings.aux_per_batch, tuning.proposals - 1)
     aux = 1 + torch.randperm(tuning.proposals - 1, generator=generator)[:aux_count]

@@ -189,8 +189,8 @@ def test_the_target_comes_as_itself_and_its_mirror_image(tiny_sdxl_backend, prop
 
     data = ProposalSet.from_proposals(proposals, target=1, image_size=(32, 32),
                                       scenes=["at night, on the right", "on a beach, on the left"] + ["at night"] * 3)
-    mirrored, views = data.with_mirrored_target(tiny_sdxl_backend)
-    assert views == 2 and mirrored.latents.shape[0] == 6 and mirrored.scenes[-1] == "on a beach, on the right"
+    mirrored = data.with_mirrored_target(tiny_sdxl_backend)
+    assert mirrored.target_views == 1 and mirrored.proposals == 5 and mirrored.latents.shape[0] == 6 and mirrored.scenes[-1] == "on a beach, on the right"
     with torch.no_grad():  # the tiny VAE is random, so the mirror is checked against its definition
         mirror = tiny_sdxl_backend.encode_images(tiny_sdxl_backend.decode_latents(proposals.latents[1:2]).flip(-1))
     assert torch.allclose(mirrored.latents[-1:], mirror) and torch.equal(mirrored.latents[:5], data.latents)
@@ -211,6 +211,49 @@ def test_the_target_comes_as_itself_and_its_mirror_image(tiny_sdxl_backend, prop
     tune_projector(tiny_sdxl_backend, data, "blob", OneActorTuning(steps=4, lambda_aux=0.0, lambda_aver=0.0,
                                                                    mirror_target=False))
     assert all(torch.equal(rows[0], mirrored.latents[0]) for rows in fed)
+
+
+def test_further_target_views_are_tuned_on_with_their_scenes_and_never_as_auxiliaries(
+        tiny_sdxl_backend, proposals, monkeypatch):
+    import protagonist.core.oneactor.tuning as tuning
+
+    data = ProposalSet.from_proposals(proposals, target=0, image_size=(32, 32), scenes=["at night"] * 5)
+    views = torch.randn(2, *proposals.latents.shape[1:]) * 7  # recognisable rows
+    more = data.with_target_views(views, ["in the snow", "in a city"])
+    assert more.proposals == 5 and more.target_views == 2 and more.scenes[-2:] == ["in the snow", "in a city"]
+    assert data.with_target_views(views).scenes[-1] == "at night"  # the target's scene by default
+    fed, encoded = [], []
+    real_error, real_encode = tuning.error_at, tiny_sdxl_backend.encode_prompts
+    monkeypatch.setattr(tuning, "error_at", lambda backend, latents, *a, **k: (
+        fed.append(latents.clone()), real_error(backend, latents, *a, **k))[1])
+    monkeypatch.setattr(tiny_sdxl_backend, "encode_prompts",
+                        lambda prompts, **k: (encoded.extend(prompts), real_encode(prompts, **k))[1])
+    tune_projector(tiny_sdxl_backend, more, "blob", OneActorTuning(steps=16, aux_per_batch=2, lambda_aux=0.5,
+                                                                   lambda_aver=0.0, templates=("a {}",)))
+    is_view = lambda row: any(torch.equal(row, v) for v in views)
+    assert any(is_view(rows[0]) for rows in fed)  # some steps' target is one of the views
+    assert not any(is_view(row) for rows in fed for row in rows[1:])  # auxiliaries are proposals only
+    assert "a blob in the snow" in encoded and "a blob in a city" in encoded
+    with pytest.raises(ProtagonistError, match="one per view"):
+        data.with_target_views(views, ["in the snow"])
+    with pytest.raises(ProtagonistError, match="proposals' size"):
+        data.with_target_views(torch.zeros(1, *proposals.latents.shape[1:-1], proposals.latents.shape[-1] + 1))
+
+
+def test_tuning_continues_from_given_projectors_and_leaves_them_unchanged(tiny_sdxl_backend, proposals):
+    data = ProposalSet.from_proposals(proposals, target=2, image_size=(32, 32))
+    settings = OneActorTuning(steps=3, lr=1e-2, templates=("a {}",), lambda_aux=0.0, lambda_aver=0.0)
+    first = tune_projector(tiny_sdxl_backend, data, "blob", settings).projector
+    before = {k: v.clone() for k, v in first.state_dict().items()}
+    again = tune_projectors(tiny_sdxl_backend, [data], "blob", settings, projectors=[first])[0]
+    fresh = tune_projector(tiny_sdxl_backend, data, "blob", settings)
+    assert all(torch.equal(before[k], v) for k, v in first.state_dict().items())
+    with torch.no_grad():
+        offsets = [p.eval()(data.features) for p in (first, again.projector, fresh.projector)]
+    assert not torch.allclose(offsets[1], offsets[0]) and not torch.allclose(offsets[1], offsets[2])
+    assert again.losses[0] != pytest.approx(fresh.losses[0])  # same batch and noise, another starting projector
+    with pytest.raises(ProtagonistError, match="one per set"):
+        tune_projectors(tiny_sdxl_backend, [data], "blob", settings, projectors=[first, first])
 
 
 def test_projectors_tuned_side_by_side_equal_each_tuned_alone(tiny_sdxl_backend, proposals):
