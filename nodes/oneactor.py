@@ -6,7 +6,7 @@ import torch
 from comfy_api.v0_0_2 import io
 
 from ..core.oneactor.guidance import ClusterGuidance
-from ..core.oneactor.identity import check_compatible, make_identity
+from ..core.oneactor.identity import check_compatible, check_continuable, make_identity
 from ..core.oneactor.tuning import DEFAULT_TEMPLATES, OneActorTuning, ProposalSet, tune_projector
 from ..core.proposals import Proposals, scene_lines, scenes_for
 from .chosen_one import loss_curve_image
@@ -62,13 +62,21 @@ class OneActorProjectorTrainer(io.ComfyNode):
                              tooltip="Connect it to tune on the target and its mirror image too (the paper's flip "
                                      "augmentation; \"left\"/\"right\" are swapped in its scene). Leave it "
                                      "unconnected for a character whose mirror image is another character."),
+                io.Latent.Input("more_target_latents", optional=True,
+                                tooltip="More images of the same character, e.g. guided samples of a first tuning "
+                                        "that show it as you want it, at the proposals' size: further views of "
+                                        "the target, so the offset learns what they share rather than what only "
+                                        "the target shows. Their captions end with the target's scene."),
+                Identity.Input("continue_from", optional=True,
+                               tooltip="Continue tuning this identity (tuned on the same proposals and base word) "
+                                       "instead of a new projector, e.g. 50 steps with more_target_latents."),
             ],
             outputs=[Identity.Output(display_name="identity"), io.Image.Output(display_name="loss_curve")],
         )
 
     @classmethod
     def execute(cls, model, clip, latents, features, target_index, base_word, templates, steps, aux_per_batch, lr,
-                seed, scenes="", vae=None) -> io.NodeOutput:
+                seed, scenes="", vae=None, more_target_latents=None, continue_from=None) -> io.NodeOutput:
         settings = OneActorTuning(steps=steps, aux_per_batch=aux_per_batch, lr=lr, seed=seed,
                                   templates=tuple(t for t in templates.splitlines() if t.strip()),
                                   mirror_target=vae is not None)
@@ -80,8 +88,14 @@ class OneActorProjectorTrainer(io.ComfyNode):
             lines = scene_lines(scenes)
             proposal_scenes = scenes_for(lines, range(samples.shape[0])) if lines else None
             data = ProposalSet.from_proposals(proposals, target_index, size, proposal_scenes)
+            if more_target_latents is not None:
+                data = data.with_target_views(model.model.process_latent_in(more_target_latents["samples"].clone()))
+            if continue_from is not None:
+                check_continuable(continue_from, features, base_word)
+            start = None if continue_from is None else continue_from.projector
             with backend.trainable():
-                tuned = tune_projector(backend, data, base_word, settings, callback=TrainingProgress(steps))
+                tuned = tune_projector(backend, data, base_word, settings, callback=TrainingProgress(steps),
+                                       projector=start)
             identity = make_identity(tuned.projector, data.features, base_word, backend.family)
         return io.NodeOutput(identity, loss_curve_image(tuned.losses))
 

@@ -72,3 +72,16 @@ def check_compatible(family: str, width: int, backend: DiffusionBackend, source)
         raise ProtagonistError(
             f"{source} was tuned on a {family} model with {width}-wide text embeddings; this model is "
             f"{backend.family} with {model_width}-wide embeddings: tune the identity on this model")
+
+
+def check_continuable(identity: OneActorIdentity, features: torch.Tensor, base_word: str) -> None:
+    """Refuse to continue tuning `identity` on proposals of another feature shape or for another base word."""
+    shape = tuple(features.shape[1:])
+    if tuple(identity.feature_shape) != shape:
+        raise ProtagonistError(
+            f"the identity to continue was tuned on features of shape {tuple(identity.feature_shape)}, these "
+            f"proposals' features are {shape}: continue it on proposals of the same model and size, or leave "
+            "continue_from unconnected")
+    if identity.base_word != base_word:
+        raise ProtagonistError(f"the identity to continue was tuned for the base word {identity.base_word!r}, not "
+                               f"{base_word!r}: use the same base word, or leave continue_from unconnected")

@@ -136,8 +136,10 @@ def new_projector(backend: DiffusionBackend, features: torch.Tensor, seed: int) 
 
 
 def tune_projector(backend: DiffusionBackend, data: ProposalSet, base_word: str, settings: OneActorTuning,
-                   callback=None) -> TunedProjector:
-    return tune_projectors(backend, [data], base_word, settings, callback)[0]
+                   callback=None, projector: Projector | None = None) -> TunedProjector:
+    """`projector`: continue this one (a copy) instead of tuning a new one."""
+    return tune_projectors(backend, [data], base_word, settings, callback,
+                           None if projector is None else [projector])[0]
 
 
 @dataclass

@@ -144,3 +144,32 @@ def test_trainer_with_a_vae_also_tunes_on_the_mirrored_target(comfy_nodes, comfy
         outputs, _ = run_prompt(prompt)
         assert len(outputs["4"]["images"]) == 1
     assert seen == [True, False]
+
+
+def test_trainer_continues_an_identity_with_more_views_of_the_target(comfy_nodes, comfy_sdxl, monkeypatch):
+    module = pack_module("nodes.oneactor")
+    original, seen = module.tune_projector, []
+
+    def record(backend, data, base_word, settings, projector=None, **kwargs):
+        seen.append((data.proposals, data.target_views, data.latents, projector))
+        return original(backend, data, base_word, settings, projector=projector, **kwargs)
+
+    monkeypatch.setattr(module, "tune_projector", record)
+    comfy_nodes.NODE_CLASS_MAPPINGS["ProtagonistTest_TinyModels"] = tiny_loader_node(comfy_sdxl)
+    trainer = {"model": ["1", 0], "clip": ["1", 1], "latents": ["2", 1], "features": ["2", 2], "target_index": 0,
+               "base_word": "blob", "templates": "a photo of a {}", "steps": 2, "aux_per_batch": 2, "lr": 1e-2,
+               "seed": 0}
+    prompt = {
+        "1": {"class_type": "ProtagonistTest_TinyModels", "inputs": {}},
+        "2": {"class_type": "Protagonist_ProposalSampler", "inputs": proposal_sampler_inputs()},
+        "3": {"class_type": "Protagonist_OneActorProjectorTrainer", "inputs": trainer},
+        "4": {"class_type": "Protagonist_OneActorProjectorTrainer",
+              "inputs": {**trainer, "more_target_latents": ["2", 1], "continue_from": ["3", 0]}},
+        "5": {"class_type": "PreviewImage", "inputs": {"images": ["4", 1]}},
+    }
+    outputs, _ = run_prompt(prompt)
+    assert len(outputs["5"]["images"]) == 1
+    (count, views, _, start), (again, more_views, latents, continued) = seen
+    assert start is None and continued is not None and views == 0
+    assert more_views == count == again  # every proposal's latent once more, as a view of the target
+    assert torch.equal(latents[count:], latents[:count])

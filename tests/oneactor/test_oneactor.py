@@ -269,3 +269,15 @@ def test_projectors_tuned_side_by_side_equal_each_tuned_alone(tiny_sdxl_backend,
         assert not torch.allclose(together[0].projector(sets[0].features), together[1].projector(sets[0].features))
     with pytest.raises(ProtagonistError, match="no proposal sets to tune"):
         tune_projectors(tiny_sdxl_backend, [], "blob", settings)
+
+
+def test_an_identity_continues_only_on_features_of_its_shape_and_for_its_base_word():
+    from protagonist.core.oneactor.identity import check_continuable
+
+    features = torch.randn(3, 8, 4, 4)
+    identity = make_identity(Projector(8, 4, 4, 16), features, "blob", "sdxl")
+    check_continuable(identity, features, "blob")
+    with pytest.raises(ProtagonistError, match=r"\(8, 4, 4\), these proposals' features are \(8, 2, 2\)"):
+        check_continuable(identity, torch.randn(3, 8, 2, 2), "blob")
+    with pytest.raises(ProtagonistError, match="base word 'blob', not 'man'"):
+        check_continuable(identity, features, "man")
