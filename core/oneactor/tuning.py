@@ -166,7 +166,7 @@ def tune_projectors(backend: DiffusionBackend, sets: list[ProposalSet], base_wor
     """
     if not sets:
         raise ProtagonistError("no proposal sets to tune: give at least one target")
-    if any(data.latents.shape[0] < 2 for data in sets):
+    if any(data.proposals < 2 for data in sets):
         raise ProtagonistError("OneActor needs the target and at least one auxiliary proposal")
     check_noisiest_share(settings.noisiest_share)
     encoded = {}  # the candidates share most captions: each is encoded once
