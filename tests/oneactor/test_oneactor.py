@@ -184,9 +184,20 @@ def test_mirrored_captions_swap_left_and_right_only_as_whole_words():
     assert mirrored_text("on the right; leftover bright") == "on the left; leftover bright"
 
 
-def test_the_target_comes_as_itself_and_its_mirror_image(tiny_sdxl_backend, proposals, monkeypatch):
+def record_tuning_inputs(backend, monkeypatch) -> tuple[list, list]:
+    """Lists that fill, while tuning runs, with each denoiser call's latents and each prompt encoded."""
     import protagonist.core.oneactor.tuning as tuning
 
+    fed, encoded = [], []
+    real_error, real_encode = tuning.error_at, backend.encode_prompts
+    monkeypatch.setattr(tuning, "error_at", lambda model, latents, *a, **k: (
+        fed.append(latents.clone()), real_error(model, latents, *a, **k))[1])
+    monkeypatch.setattr(backend, "encode_prompts",
+                        lambda prompts, **k: (encoded.extend(prompts), real_encode(prompts, **k))[1])
+    return fed, encoded
+
+
+def test_the_target_comes_as_itself_and_its_mirror_image(tiny_sdxl_backend, proposals, monkeypatch):
     data = ProposalSet.from_proposals(proposals, target=1, image_size=(32, 32),
                                       scenes=["at night, on the right", "on a beach, on the left"] + ["at night"] * 3)
     mirrored = data.with_mirrored_target(tiny_sdxl_backend)
@@ -196,12 +207,7 @@ def test_the_target_comes_as_itself_and_its_mirror_image(tiny_sdxl_backend, prop
         mirror = tiny_sdxl_backend.encode_images(tiny_sdxl_backend.decode_latents(proposals.latents[1:2]).flip(-1))
     assert torch.allclose(mirrored.latents[-1:], mirror) and torch.equal(mirrored.latents[:5], data.latents)
 
-    fed, encoded = [], []
-    real_error, real_encode = tuning.error_at, tiny_sdxl_backend.encode_prompts
-    monkeypatch.setattr(tuning, "error_at", lambda backend, latents, *a, **k: (
-        fed.append(latents.clone()), real_error(backend, latents, *a, **k))[1])
-    monkeypatch.setattr(tiny_sdxl_backend, "encode_prompts",
-                        lambda prompts, **k: (encoded.extend(prompts), real_encode(prompts, **k))[1])
+    fed, encoded = record_tuning_inputs(tiny_sdxl_backend, monkeypatch)
     tune_projector(tiny_sdxl_backend, data, "blob", OneActorTuning(steps=12, lambda_aux=0.0, lambda_aver=0.0,
                                                                    templates=("a {}",)))
     targets = [rows[0] for rows in fed]
@@ -216,19 +222,12 @@ def test_the_target_comes_as_itself_and_its_mirror_image(tiny_sdxl_backend, prop
 
 def test_further_target_views_are_tuned_on_with_their_scenes_and_never_as_auxiliaries(
         tiny_sdxl_backend, proposals, monkeypatch):
-    import protagonist.core.oneactor.tuning as tuning
-
     data = ProposalSet.from_proposals(proposals, target=0, image_size=(32, 32), scenes=["at night"] * 5)
     views = torch.randn(2, *proposals.latents.shape[1:]) * 7  # recognisable rows
     more = data.with_target_views(views, ["in the snow", "in a city"])
     assert more.proposals == 5 and more.target_views == 2 and more.scenes[-2:] == ["in the snow", "in a city"]
     assert data.with_target_views(views).scenes[-1] == "at night"  # the target's scene by default
-    fed, encoded = [], []
-    real_error, real_encode = tuning.error_at, tiny_sdxl_backend.encode_prompts
-    monkeypatch.setattr(tuning, "error_at", lambda backend, latents, *a, **k: (
-        fed.append(latents.clone()), real_error(backend, latents, *a, **k))[1])
-    monkeypatch.setattr(tiny_sdxl_backend, "encode_prompts",
-                        lambda prompts, **k: (encoded.extend(prompts), real_encode(prompts, **k))[1])
+    fed, encoded = record_tuning_inputs(tiny_sdxl_backend, monkeypatch)
     tune_projector(tiny_sdxl_backend, more, "blob", OneActorTuning(steps=16, aux_per_batch=2, lambda_aux=0.5,
                                                                    lambda_aver=0.0, templates=("a {}",)))
     is_view = lambda row: any(torch.equal(row, v) for v in views)
