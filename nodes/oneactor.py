@@ -90,9 +90,10 @@ class OneActorProjectorTrainer(io.ComfyNode):
             data = ProposalSet.from_proposals(proposals, target_index, size, proposal_scenes)
             if more_target_latents is not None:
                 data = data.with_target_views(model.model.process_latent_in(more_target_latents["samples"].clone()))
+            start = None
             if continue_from is not None:
                 check_continuable(continue_from, features, base_word)
-            start = None if continue_from is None else continue_from.projector
+                start = continue_from.projector
             with backend.trainable():
                 tuned = tune_projector(backend, data, base_word, settings, callback=TrainingProgress(steps),
                                        projector=start)

@@ -182,7 +182,7 @@ class OneActorMethod:
         distances = torch.cdist(embeddings, embeddings)
         nearest = distances[distances.sum(dim=1).argmin()].argsort()[:r.refine_views].tolist()
         with torch.no_grad():
-            latents = backend.encode_images(images[nearest].to(backend.device, backend.dtype))
+            latents = backend.encode_images(images[nearest])  # it moves them to the VAE's device and dtype
         data = self._proposal_set(proposals, scenes, target)
         data = data.with_target_views(latents, [check_scenes[i] for i in nearest] if data.scenes else None)
         tuning = self._tuning(character, seed + 1, steps=r.refine_steps)  # + 1: other draws than the first tuning
