@@ -105,7 +105,8 @@ def run_oneactor_tune(args) -> int:
     size = (args.size, args.size)
     settings = ProposalSettings(count=args.proposals, seed=args.seed, steps=args.steps, cfg=args.cfg,
                                 height=size[0], width=size[1], batch_size=args.proposals)
-    proposals = generate_proposals(backend, args.prompt, "", settings, feature_point="mid_block")
+    proposals = generate_proposals(backend, args.prompt, "", settings,
+                                   feature_point=backend.oneactor_feature_point)
     out = Path(args.out)
     save_png(contact_sheet(proposals.images, labels=[str(i) for i in range(args.proposals)], scale=args.sheet_scale),
              out / "proposals.png")

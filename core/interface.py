@@ -202,18 +202,27 @@ class DiffusionBackend(ABC):
         """Keep the models ready on their device for a run of predictions (no-op by default)."""
         yield
 
+    @property
+    def oneactor_feature_point(self) -> str:
+        """Where OneActor reads a proposal's features: SDXL's mid-block input (the paper's choice)."""
+        return "mid_block"
+
+    def feature_grid(self, features: torch.Tensor, latent_size: tuple[int, int]) -> torch.Tensor:
+        """Captured features as [B, C, h, w] for the OneActor projector (they already are for a UNet)."""
+        return features
+
     @contextlib.contextmanager
     def capture_features(self, point: str, cond_index: int, n_conds: int) -> Iterator[dict]:
         """While active, `store["features"]` holds the input of `point` for conditioning `cond_index`
         at the latest prediction (predictions batch their conditionings in order, `n_conds` of them)."""
         store: dict = {}
 
-        def hook(module, args):
-            x = args[0]
+        def hook(module, args, kwargs):
+            x = args[0] if args else kwargs["hidden_states"]  # diffusers' FLUX blocks take keywords only
             size = x.shape[0] // n_conds
             store["features"] = x[cond_index * size:(cond_index + 1) * size].detach().float().cpu().clone()
 
-        handle = self.feature_module(point).register_forward_pre_hook(hook)
+        handle = self.feature_module(point).register_forward_pre_hook(hook, with_kwargs=True)
         try:
             yield store
         finally:

@@ -79,7 +79,8 @@ def generate_proposals(
         with _capture(backend, feature_point) as store:
             batch = sample(backend, [negative_cond, positive], noise, settings.steps, cfg_guidance(settings.cfg),
                            settings.sampler, callback=callback)
-        features.append(store.get("features"))
+        if feature_point is not None:
+            features.append(backend.feature_grid(store["features"], tuple(noise.shape[-2:])))
         latents.append(batch)
         with torch.no_grad():
             images.append(backend.decode_latents(batch))

@@ -133,7 +133,8 @@ class OneActorMethod:
                                     height=SIZE[0], width=SIZE[1], batch_size=r.proposals)
         scenes = held_out_scenes(character) if r.scenes == "held-out" else tuple(r.scenes)
         prompts = scene_prompts(character.subject, scenes, r.proposals)
-        proposals = generate_proposals(backend, prompts, "", settings, feature_point="mid_block")
+        proposals = generate_proposals(backend, prompts, "", settings,
+                                       feature_point=backend.oneactor_feature_point)
         targets = range(r.target, r.target + r.candidates)
         identities = self._tune(backend, character, proposals, scenes, seed, targets)
         best = 0

@@ -102,6 +102,21 @@ class DiffusersFlux(DiffusersBackend):
                              f"within the model's blocks, got {point!r}")
         return blocks[kind][int(index)]
 
+    @property
+    def oneactor_feature_point(self) -> str:
+        """Experimental: the input of the last double-stream block, whose image tokens have seen the text through
+        every joint block before it, as the UNet's mid-block input has seen it through the down blocks. Not yet
+        shown to carry an identity in the sprite world."""
+        return f"double_blocks.{len(self.transformer.transformer_blocks) - 1}"
+
+    def feature_grid(self, features: torch.Tensor, latent_size: tuple[int, int]) -> torch.Tensor:
+        """Image tokens [B, h·w/4, C] (2×2 latent patches) → [B, C, h/2, w/2]."""
+        height, width = (side // 2 for side in latent_size)
+        if features.ndim != 3 or features.shape[1] != height * width:
+            raise ValueError(f"expected {height * width} image tokens for a {latent_size} latent, got features of "
+                             f"shape {tuple(features.shape)}: capture a double-stream block's input")
+        return features.transpose(1, 2).reshape(features.shape[0], features.shape[2], height, width)
+
     def image_embedder(self) -> torch.nn.Module:
         return self.transformer.x_embedder
 

@@ -281,3 +281,36 @@ def test_an_identity_continues_only_on_features_of_its_shape_and_for_its_base_wo
         check_continuable(identity, torch.randn(3, 8, 2, 2), "blob")
     with pytest.raises(ProtagonistError, match="base word 'blob', not 'man'"):
         check_continuable(identity, features, "man")
+
+
+def test_flux_features_are_the_last_double_block_image_tokens_on_the_latent_grid(tiny_flux_backend):
+    """FLUX (experimental): the proposals carry the last double-stream block's input image tokens as a grid; a
+    projector tunes on them and its offset steers the cluster-guided sampler."""
+    backend = tiny_flux_backend
+    point = backend.oneactor_feature_point
+    assert point == f"double_blocks.{len(backend.transformer.transformer_blocks) - 1}"
+    captured = []
+    hook = backend.feature_module(point).register_forward_pre_hook(
+        lambda module, args, kwargs: captured.append(kwargs["hidden_states"].detach().clone()), with_kwargs=True)
+    settings = ProposalSettings(count=3, seed=2, steps=2, cfg=4.0, height=32, width=32, batch_size=3)
+    try:
+        proposals = generate_proposals(backend, "a photo of a blob", "", settings, feature_point=point)
+    finally:
+        hook.remove()
+    h, w = backend.latent_shape(1, 32, 32)[-2:]
+    tokens = captured[-1][3:]  # the last step's conditional half (the batch is [negative ×3, positive ×3])
+    assert proposals.features.shape == (3, tokens.shape[-1], h // 2, w // 2)
+    assert torch.equal(proposals.features[1, :, 0, 1], tokens[1, 1])  # token 1 is row 0, column 1
+    data = ProposalSet.from_proposals(proposals, target=0, image_size=(32, 32))
+    tuned = tune_projector(backend, data, "blob", OneActorTuning(steps=4, aux_per_batch=2, lr=1e-2))
+    assert all(torch.isfinite(torch.tensor(tuned.losses)))
+    identity = make_identity(tuned.projector, data.features, "blob", "flux")
+    assert identity.delta_target.shape == (backend.encode_prompts([""]).embeds.shape[-1],)
+    drawn = []
+    for offset in (identity.delta_target, torch.zeros_like(identity.delta_target)):
+        conds, guidance = cluster_guided_terms(backend, ["a blob in the snow"], "", "blob", offset, identity.delta_aux,
+                                               ClusterGuidance(), (32, 32))
+        drawn.append(sample(backend, conds, seeded_noise([9], backend.latent_shape(1, 32, 32)), 2, guidance))
+    assert torch.isfinite(drawn[0]).all() and not torch.allclose(drawn[0], drawn[1])
+    with pytest.raises(ValueError, match="image tokens"):
+        backend.feature_grid(torch.zeros(1, 5, 8), (h, w))
