@@ -16,6 +16,7 @@ import comfy.sampler_helpers
 import comfy.samplers
 import torch
 
+from ..core.backends.flux import image_tokens_as_grid
 from ..core.interface import Conditioning, DiffusionBackend, ProtagonistError, TokenEmbedding
 from ..core.schedules import NoiseSchedule
 from .convert import images_to_comfy, images_to_core
@@ -178,6 +179,15 @@ class ComfyBackend(DiffusionBackend):
             return getattr(self.denoiser, kind)[int(index)]
         raise ValueError(f"unknown feature point {point!r} for {self.family}")
 
+    @property
+    def oneactor_feature_point(self) -> str:
+        if self.family == "flux":  # the diffusers backend's choice (experimental), in ComfyUI's block names
+            return f"double_blocks.{len(self.denoiser.double_blocks) - 1}"
+        return super().oneactor_feature_point
+
+    def feature_grid(self, features: torch.Tensor, latent_size: tuple[int, int]) -> torch.Tensor:
+        return image_tokens_as_grid(features, latent_size) if self.family == "flux" else features
+
     def image_embedder(self) -> torch.nn.Module:
         if self.family != "flux":
             return super().image_embedder()
@@ -204,8 +214,13 @@ class ComfyBackend(DiffusionBackend):
 
         ComfyUI may order the conditionings of a batch as it likes; `cond_or_uncond` says how.
         """
+        if self.family == "flux" and point.startswith("double_blocks."):
+            with self._capture_block_input(point, cond_index) as store:
+                yield store
+            return
         if self.family != "sdxl" or point != "mid_block":
-            raise ValueError(f"feature capture in ComfyUI supports SDXL's 'mid_block', not {self.family} {point!r}")
+            raise ValueError(f"feature capture in ComfyUI supports SDXL's 'mid_block' and FLUX's 'double_blocks.N', "
+                             f"not {self.family} {point!r}")
         store: dict = {}
         last = len(self.denoiser.input_blocks) - 1
 
@@ -224,6 +239,25 @@ class ComfyBackend(DiffusionBackend):
             yield store
         finally:
             self.model.model_options = saved
+
+    @contextlib.contextmanager
+    def _capture_block_input(self, point: str, cond_index: int):
+        """A FLUX double block's image tokens; ComfyUI calls its blocks with keywords, `cond_or_uncond` in them."""
+        store: dict = {}
+
+        def hook(module, args, kwargs):
+            order = (kwargs.get("transformer_options") or {}).get("cond_or_uncond", [])
+            if cond_index in order:
+                img = kwargs["img"]
+                size = img.shape[0] // len(order)
+                k = order.index(cond_index)
+                store["features"] = img[k * size:(k + 1) * size].detach().float().cpu().clone()
+
+        handle = self.feature_module(point).register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            yield store
+        finally:
+            handle.remove()
 
     @contextlib.contextmanager
     def trainable(self):

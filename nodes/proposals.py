@@ -56,7 +56,7 @@ class ProposalSampler(io.ComfyNode):
         settings = ProposalSettings(count=count, seed=seed, steps=steps, cfg=cfg, sampler=sampler,
                                     height=height, width=width, batch_size=batch_size)
         runs = -(-count // batch_size)
-        point = "mid_block" if backend.family == "sdxl" else None  # OneActor's features (SDXL only for now)
+        point = backend.oneactor_feature_point  # FLUX: experimental (README, OneActor)
         result = generate_proposals(backend, scene_prompts(prompt, scene_lines(scenes), count), negative, settings,
                                     callback=SamplingProgress(model, steps, runs), feature_point=point)
         latent = {"samples": model.model.process_latent_out(result.latents.float()).cpu()}

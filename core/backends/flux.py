@@ -110,12 +110,7 @@ class DiffusersFlux(DiffusersBackend):
         return f"double_blocks.{len(self.transformer.transformer_blocks) - 1}"
 
     def feature_grid(self, features: torch.Tensor, latent_size: tuple[int, int]) -> torch.Tensor:
-        """Image tokens [B, h·w/4, C] (2×2 latent patches) → [B, C, h/2, w/2]."""
-        height, width = (side // 2 for side in latent_size)
-        if features.ndim != 3 or features.shape[1] != height * width:
-            raise ValueError(f"expected {height * width} image tokens for a {latent_size} latent, got features of "
-                             f"shape {tuple(features.shape)}: capture a double-stream block's input")
-        return features.transpose(1, 2).reshape(features.shape[0], features.shape[2], height, width)
+        return image_tokens_as_grid(features, latent_size)
 
     def image_embedder(self) -> torch.nn.Module:
         return self.transformer.x_embedder
@@ -135,3 +130,12 @@ class DiffusersFlux(DiffusersBackend):
             guidance=guidance.to(x.dtype) if guidance is not None else None,
         ).sample
         return unpack_latents(out, height, width)
+
+
+def image_tokens_as_grid(features: torch.Tensor, latent_size: tuple[int, int]) -> torch.Tensor:
+    """FLUX image tokens [B, h·w/4, C] (2×2 latent patches, row by row) → [B, C, h/2, w/2]."""
+    height, width = (side // 2 for side in latent_size)
+    if features.ndim != 3 or features.shape[1] != height * width:
+        raise ValueError(f"expected {height * width} image tokens for a {latent_size} latent, got features of "
+                         f"shape {tuple(features.shape)}: capture a double-stream block's input")
+    return features.transpose(1, 2).reshape(features.shape[0], features.shape[2], height, width)

@@ -98,6 +98,29 @@ def test_flux_prediction_parity(comfy_nodes, sigma):
     assert (expected - got).abs().max() <= PARITY_TOLERANCE
 
 
+def test_flux_feature_capture_matches_between_backends(comfy_nodes):
+    """OneActor's FLUX features (experimental): the last double block's image tokens of the conditional half."""
+    from protagonist.core.tiny_models import tiny_flux
+
+    from . import tiny_comfy
+
+    ours = tiny_flux(0)
+    for module in ours.modules().values():
+        module.eval()
+    theirs = pack_module("nodes.comfy_backend").ComfyBackend(tiny_comfy.comfy_flux_model(ours.transformer))
+    assert theirs.oneactor_feature_point == ours.oneactor_feature_point
+    with torch.no_grad():
+        conds = [ours.encode_prompts([""] * 2), ours.encode_prompts(["a photo of a blob"] * 2)]
+        x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+        captured = []
+        for backend in (ours, theirs):
+            with backend.session(), backend.capture_features(backend.oneactor_feature_point, 1, 2) as store:
+                backend.predict(x, torch.tensor(0.6), conds)
+            captured.append(backend.feature_grid(store["features"], (8, 8)))
+    assert captured[0].shape == captured[1].shape == (2, ours.transformer.inner_dim, 4, 4)
+    assert (captured[0] - captured[1]).abs().max() <= 1e-3
+
+
 def test_feature_capture_matches_between_backends(diffusers_sdxl, comfy_backend):
     from protagonist.core.proposals import ProposalSettings, generate_proposals
 
