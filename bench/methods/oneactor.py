@@ -82,7 +82,8 @@ class OneActorRecipe:
     # paired difference +4.2, +0.4 … +8.1; 8 candidates 78.1 %; session 23). Eight candidates of 50 steps each
     # instead lost (seeds 2M–5M: 74.2 / 64.6 / 82.1 / 58.3 % against 65.4 / 82.5 / 75.4 / 68.3 %), and eight of 100
     # would cost more than ¼ of `paper`'s seconds. The bench, ten seed sets (240 characters): 68.9 → 71.5 %
-    # (fourteen: 69.9 %), for 76,320 instead of 86,880 tuning evaluations; 406 s, 21.4 % of `paper`'s seconds.
+    # (fourteen: 69.9 %; twenty-four, session 25: 71.2 %, 68.7–73.7 %), for 76,320 instead of 86,880 tuning
+    # evaluations; 406 s, 21.4 % of `paper`'s seconds.
     candidates: int = 6
     check_images: int = 8
     # True: the check images share one scene (the first held-out one) and differ only by seed, so that their
