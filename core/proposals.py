@@ -80,6 +80,9 @@ def generate_proposals(
             batch = sample(backend, [negative_cond, positive], noise, settings.steps, cfg_guidance(settings.cfg),
                            settings.sampler, callback=callback)
         if feature_point is not None:
+            if "features" not in store:
+                raise ProtagonistError(f"no features were captured at {feature_point!r}: the model never ran that "
+                                       "block for the prompt, so OneActor cannot read this model's proposals")
             features.append(backend.feature_grid(store["features"], tuple(noise.shape[-2:])))
         latents.append(batch)
         with torch.no_grad():

@@ -227,9 +227,7 @@ class ComfyBackend(DiffusionBackend):
         def patch(h, transformer_options):
             order = transformer_options.get("cond_or_uncond", [])
             if transformer_options.get("block") == ("input", last) and cond_index in order:
-                size = h.shape[0] // len(order)
-                k = order.index(cond_index)
-                store["features"] = h[k * size:(k + 1) * size].detach().float().cpu().clone()
+                store["features"] = _conditional_part(h, order, cond_index)
             return h
 
         saved = self.model.model_options
@@ -248,10 +246,7 @@ class ComfyBackend(DiffusionBackend):
         def hook(module, args, kwargs):
             order = (kwargs.get("transformer_options") or {}).get("cond_or_uncond", [])
             if cond_index in order:
-                img = kwargs["img"]
-                size = img.shape[0] // len(order)
-                k = order.index(cond_index)
-                store["features"] = img[k * size:(k + 1) * size].detach().float().cpu().clone()
+                store["features"] = _conditional_part(kwargs["img"], order, cond_index)
 
         handle = self.feature_module(point).register_forward_pre_hook(hook, with_kwargs=True)
         try:
@@ -384,3 +379,10 @@ def splice_vectors(chunks: list, marker_ids: list[int], vectors: torch.Tensor) -
         new = new[:length] + [padding] * (length - len(new))
         out.append(new)
     return out
+
+
+def _conditional_part(x: torch.Tensor, order: list[int], cond_index: int) -> torch.Tensor:
+    """The rows of conditioning `cond_index` in a batch ComfyUI stacked in `order` (its `cond_or_uncond`)."""
+    size = x.shape[0] // len(order)
+    k = order.index(cond_index)
+    return x[k * size:(k + 1) * size].detach().float().cpu().clone()

@@ -33,3 +33,13 @@ def test_a_prompt_becomes_a_template_at_its_first_whole_base_word():
     assert prompt_template("a <blob> blob", "blob") == "a <blob> {}"  # as the encoders find it: not in a token
     with pytest.raises(ProtagonistError, match=r"'blob' does not occur in the prompt 'a red man'.*'man', 'red'"):
         prompt_template("a red man", "blob")
+
+
+def test_features_that_were_never_captured_are_refused_by_name(tiny_sdxl_backend, monkeypatch):
+    import contextlib
+
+    monkeypatch.setattr(type(tiny_sdxl_backend), "capture_features",
+                        lambda self, point, cond_index, n_conds: contextlib.nullcontext({}))
+    settings = ProposalSettings(count=1, seed=0, steps=1, cfg=2.0, height=32, width=32, batch_size=1)
+    with pytest.raises(ProtagonistError, match="no features were captured at 'mid_block'"):
+        generate_proposals(tiny_sdxl_backend, "a blob", "", settings, feature_point="mid_block")
