@@ -146,12 +146,19 @@ def tune_projector(backend: DiffusionBackend, data: ProposalSet, base_word: str,
 class _Tuning:
     """One projector's tuning state: its proposal set (with the target's views), captions, generator, losses."""
     data: ProposalSet
-    proposals: int
-    views: int
     template_conds: list
     projector: Projector
     generator: torch.Generator
     losses: list[float] = field(default_factory=list)
+
+    @property
+    def proposals(self) -> int:
+        return self.data.proposals
+
+    @property
+    def views(self) -> int:
+        """The target's views: the image itself and those `data` appends after the proposals."""
+        return 1 + self.data.target_views
 
 
 def tune_projectors(backend: DiffusionBackend, sets: list[ProposalSet], base_word: str, settings: OneActorTuning,
@@ -200,11 +207,9 @@ def _new_tuning(backend, data: ProposalSet, base_word: str, settings: OneActorTu
         projector = new_projector(backend, data.features, settings.seed)
     else:
         projector = copy.deepcopy(start)  # the caller's projector (a kept identity's) stays as it was
-    proposals = data.proposals
     data = data.with_mirrored_target(backend) if settings.mirror_target else data
     projector.to(backend.device).train()
-    return _Tuning(data, proposals, 1 + data.target_views,
-                   _encoded_captions(backend, data, settings.templates, base_word, encoded),
+    return _Tuning(data, _encoded_captions(backend, data, settings.templates, base_word, encoded),
                    projector, torch.Generator().manual_seed(settings.seed))
 
 

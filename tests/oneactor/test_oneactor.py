@@ -44,7 +44,8 @@ def test_tuning_objective_falls_and_only_the_projector_learns(tiny_sdxl_backend,
         conds = [[backend.encode_prompts(["a photo of a blob"], word="blob", image_size=(32, 32))] * 5]
     projector = new_projector(backend, data.features, 0)
     optimizer = torch.optim.AdamW(projector.parameters(), lr=1e-2)
-    tuning = _Tuning(data, 5, 1, conds, projector, torch.Generator())
+    tuning = _Tuning(data, conds, projector, torch.Generator())
+    assert (tuning.proposals, tuning.views) == (5, 1)
     settings = OneActorTuning(aux_per_batch=2)
     losses = []
     for _ in range(6):  # one fixed draw of auxiliaries, timesteps and noise
