@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         scores = score(run, oracle, embedder)
         rows.append(table_row(run, scores))
         write_contact_sheet(run, out, columns=max(len(c.contexts) for c in characters))
-        results[name] = {"scores": asdict(scores), "tuning": asdict(run.tuning), "generation": asdict(run.generation)}
+        results[name] = {"scores": asdict(scores), "tuning": asdict(run.tuning), "generation": asdict(run.generation),
+                         "plain_beside": asdict(run.plain_beside) if run.plain_beside else None}
     table = markdown_table(rows)
     if args.grids:
         table += "\n" + grid_report(backend, args, settings, oracle, out)

@@ -96,6 +96,8 @@ class MethodRun:
     character_of: list[int]
     tuning: Cost = field(default_factory=Cost)
     generation: Cost = field(default_factory=Cost)
+    # Plain CFG on the same prompts and seeds, drawn right beside each character's generation (None for plain).
+    plain_beside: Cost | None = None
 
 
 def run_method(method: Method, backend: DiffusionBackend, characters: list[Character], base_seed: int,
@@ -103,17 +105,32 @@ def run_method(method: Method, backend: DiffusionBackend, characters: list[Chara
     """Every character's prompts, image k of character c seeded with base_seed + 1000·c + k."""
     images, prompts, owners = [], [], []
     tuning, generation = Cost(), Cost()
+    plain_beside = None if isinstance(method, PlainSampling) else Cost()
     for index, character in enumerate(characters):
         with measure(backend.denoiser) as cost:
             state = method.prepare(backend, character, base_seed + 1000 * index)
         tuning.add(cost)
         seeds = [base_seed + 1000 * index + k for k in range(len(character.prompts))]
+        if plain_beside is not None and index % 2:
+            plain_beside.add(plain_cost(backend, character.prompts, seeds, settings))
         with measure(backend.denoiser) as cost:
             images.append(method.generate(backend, state, character.prompts, seeds, settings))
         generation.add(cost)
+        if plain_beside is not None and not index % 2:
+            plain_beside.add(plain_cost(backend, character.prompts, seeds, settings))
         prompts += character.prompts
         owners += [index] * len(character.prompts)
-    return MethodRun(method.name, torch.cat(images), prompts, owners, tuning, generation)
+    return MethodRun(method.name, torch.cat(images), prompts, owners, tuning, generation, plain_beside)
+
+
+def plain_cost(backend: DiffusionBackend, prompts: list[str], seeds: list[int], settings: SamplingSettings) -> Cost:
+    """What plain CFG costs for these images now. Wall time drifts by ±10 % over a run on a shared machine, and a
+    method's generation runs in another state of it (after its tuning, minutes later) than the plain row's, so the
+    per-image ratio to plain CFG is taken against this draw; it alternates before and after the method's images
+    so that neither side is always the warmer one."""
+    with measure(backend.denoiser) as cost:
+        draw(backend, prompts, seeds, settings)
+    return cost
 
 
 def same_character_pairs(character_of: list[int]):

@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from protagonist.bench.cost import measure
-from protagonist.bench.harness import Character, MethodRun, read_characters, same_character_pairs
+from protagonist.bench.harness import (Character, MethodRun, PlainSampling, SamplingSettings, draw, read_characters,
+                                       run_method, same_character_pairs)
+from protagonist.bench.report import ratio_to_plain
 from protagonist.bench.scoring import score
 from protagonist.sprites.attributes import Context, Identity
 from protagonist.sprites.captions import parse_prompt
@@ -114,3 +116,28 @@ def test_an_unreadable_image_costs_its_pairs_but_not_the_readable_pairs_consiste
     assert scores.readable_pair_consistency == 1.0
     assert scores.identities[1] is None and scores.identities[0] == scores.identities[2]
     assert set(scores.identities[0]) == {"shape", "color", "pattern", "eyes", "accessory"}
+
+
+class _TwiceCFG:
+    """A method whose images cost exactly two plain CFG draws."""
+
+    name = "twice"
+
+    def prepare(self, backend, character, seed):
+        return None
+
+    def generate(self, backend, state, prompts, seeds, settings):
+        draw(backend, prompts, seeds, settings)
+        return draw(backend, prompts, seeds, settings)
+
+
+def test_each_method_is_costed_against_plain_cfg_drawn_beside_it(tiny_sdxl_backend):
+    characters = [Character("a blob", ["on a beach", "at night"]), Character("a cat", ["in a forest"])]
+    settings = SamplingSettings(steps=2, cfg=3.0, size=(32, 32))
+    twice = run_method(_TwiceCFG(), tiny_sdxl_backend, characters, 7, settings)
+    plain = run_method(PlainSampling(), tiny_sdxl_backend, characters, 7, settings)
+    assert plain.plain_beside is None and ratio_to_plain(plain) == "—"
+    assert twice.plain_beside.evaluations == plain.generation.evaluations == 3 * 2 * 2
+    assert twice.generation.evaluations == 2 * twice.plain_beside.evaluations
+    assert ratio_to_plain(twice).startswith("2.00× / ")
+    assert torch.equal(twice.images, plain.images)  # the draws beside change no image
