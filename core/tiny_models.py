@@ -122,8 +122,10 @@ def flux_transformer_config(latent_channels: int = 4, context: int = 32, pooled:
     )
 
 
-def tiny_flux_components(seed: int = 0, words=TINY_WORDS, transformer_config: dict | None = None) -> dict:
-    """Components in `FluxPipeline`'s roles, randomly initialised from `seed`."""
+def tiny_flux_components(seed: int = 0, words=TINY_WORDS, transformer_config: dict | None = None,
+                         latent_channels: int = 4) -> dict:
+    """Components in `FluxPipeline`'s roles, randomly initialised from `seed`. `latent_channels` 16 gives real FLUX's
+    latent format (the one a ComfyUI FLUX MODEL samples in); 4 keeps the smallest model."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
     from transformers import CLIPTextModel, T5Config, T5EncoderModel
 
@@ -135,8 +137,8 @@ def tiny_flux_components(seed: int = 0, words=TINY_WORDS, transformer_config: di
         relative_attention_num_buckets=8, feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1,
         decoder_start_token_id=0,
     ))
-    transformer = FluxTransformer2DModel(**(transformer_config or flux_transformer_config()))
-    vae = tiny_vae(levels=3, scaling_factor=FLUX_LATENT_SCALE, shift_factor=FLUX_LATENT_SHIFT)
+    transformer = FluxTransformer2DModel(**(transformer_config or flux_transformer_config(latent_channels)))
+    vae = tiny_vae(latent_channels, levels=3, scaling_factor=FLUX_LATENT_SCALE, shift_factor=FLUX_LATENT_SHIFT)
     scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15)
     return dict(transformer=transformer, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
                 tokenizer=tokenizer, tokenizer_2=tokenizer_2, vae=vae, scheduler=scheduler)

@@ -43,7 +43,7 @@ class OneActorProjectorTrainer(io.ComfyNode):
             category="Protagonist/OneActor",
             description="Tunes OneActor's projector on one chosen proposal (the target) and the others.",
             inputs=[
-                io.Model.Input("model", tooltip="The SDXL model that drew the proposals."),
+                io.Model.Input("model", tooltip="The model that drew the proposals (SDXL; FLUX is experimental)."),
                 io.Clip.Input("clip", tooltip="Its text encoders."),
                 io.Latent.Input("latents", tooltip="The proposals' latents (Proposal Sampler)."),
                 Features.Input("features", tooltip="The proposals' features (Proposal Sampler)."),
