@@ -175,7 +175,7 @@ def test_trainer_continues_an_identity_with_more_views_of_the_target(comfy_nodes
     assert torch.equal(latents[count:], latents[:count])
 
 
-def test_flux_proposals_tune_an_identity_that_draws_images(comfy_nodes):
+def test_flux_proposals_tune_an_identity_that_draws_images(comfy_nodes, monkeypatch):
     """OneActor on a ComfyUI FLUX MODEL (experimental): Proposal Sampler → trainer → sampler, in one prompt."""
     from protagonist.core.oneactor.identity import OneActorIdentity
     from protagonist.core.tiny_models import tiny_flux
@@ -184,31 +184,29 @@ def test_flux_proposals_tune_an_identity_that_draws_images(comfy_nodes):
 
     ours = tiny_flux(0, latent_channels=16)  # ComfyUI's FLUX latent format has 16 channels
     comfy_nodes.NODE_CLASS_MAPPINGS["ProtagonistTest_TinyModels"] = tiny_loader_node(tiny_comfy.comfy_flux_models(ours))
-    identities, original = [], pack_module("nodes.oneactor").make_identity
+    module = pack_module("nodes.oneactor")
+    identities, original = [], module.make_identity
 
     def keep(*args, **kwargs):
         identities.append(original(*args, **kwargs))
         return identities[-1]
 
-    pack_module("nodes.oneactor").make_identity = keep
-    try:
-        outputs, _ = run_prompt({
-            "1": {"class_type": "ProtagonistTest_TinyModels", "inputs": {}},
-            "2": {"class_type": "Protagonist_ProposalSampler", "inputs": proposal_sampler_inputs()},
-            "3": {"class_type": "Protagonist_OneActorProjectorTrainer", "inputs": {
-                "model": ["1", 0], "clip": ["1", 1], "latents": ["2", 1], "features": ["2", 2], "target_index": 2,
-                "base_word": "blob", "templates": "a photo of a {}", "steps": 3, "aux_per_batch": 2, "lr": 1e-3,
-                "seed": 0}},
-            "4": {"class_type": "Protagonist_OneActorSampler", "inputs": {
-                "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "identity": ["3", 0],
-                "prompt": "a blob at night\na blob in the snow", "negative": "", "seed": 4, "steps": 3,
-                "sampler": "euler", "width": 32, "height": 32, "eta_target": 6.0, "eta_aux": 1.0,
-                "semantic_scale": 0.8, "cluster_fraction": 0.5, "cfg": 4.0}},
-            "5": {"class_type": "PreviewImage", "inputs": {"images": ["4", 0]}},
-            "6": {"class_type": "PreviewImage", "inputs": {"images": ["3", 1]}},
-        })
-    finally:
-        pack_module("nodes.oneactor").make_identity = original
+    monkeypatch.setattr(module, "make_identity", keep)
+    outputs, _ = run_prompt({
+        "1": {"class_type": "ProtagonistTest_TinyModels", "inputs": {}},
+        "2": {"class_type": "Protagonist_ProposalSampler", "inputs": proposal_sampler_inputs()},
+        "3": {"class_type": "Protagonist_OneActorProjectorTrainer", "inputs": {
+            "model": ["1", 0], "clip": ["1", 1], "latents": ["2", 1], "features": ["2", 2], "target_index": 2,
+            "base_word": "blob", "templates": "a photo of a {}", "steps": 3, "aux_per_batch": 2, "lr": 1e-3,
+            "seed": 0}},
+        "4": {"class_type": "Protagonist_OneActorSampler", "inputs": {
+            "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "identity": ["3", 0],
+            "prompt": "a blob at night\na blob in the snow", "negative": "", "seed": 4, "steps": 3,
+            "sampler": "euler", "width": 32, "height": 32, "eta_target": 6.0, "eta_aux": 1.0,
+            "semantic_scale": 0.8, "cluster_fraction": 0.5, "cfg": 4.0}},
+        "5": {"class_type": "PreviewImage", "inputs": {"images": ["4", 0]}},
+        "6": {"class_type": "PreviewImage", "inputs": {"images": ["3", 1]}},
+    })
     identity: OneActorIdentity = identities[0]
     # the last double block's image tokens on the 2×2-patch grid of the 32 px image's 8×8 latent
     assert identity.family == "flux" and tuple(identity.feature_shape) == (ours.transformer.inner_dim, 4, 4)
