@@ -82,13 +82,30 @@ def _rename(state, alpha, name_of) -> dict[str, torch.Tensor]:
 @contextlib.contextmanager
 def lora_applied(module: torch.nn.Module, state: dict[str, torch.Tensor], rank: int, alpha: float,
                  targets: tuple[str, ...] = ATTENTION_TARGETS):
-    """Temporarily run `module` with the given LoRA weights."""
-    adapter = LoraAdapter(module, rank, alpha, targets)
-    adapter.load_state_dict(state)
+    """Temporarily run `module` with the given LoRA merged into the weights it adapts, as ComfyUI patches a
+    LoRA: sampling then costs what the base model costs (unmerged, the extra low-rank matmuls cost the
+    sprite model 20 % more seconds an image). Every weight is put back bit for bit afterwards."""
+    from peft.tuners.lora import LoraLayer
+
+    adapter, originals = LoraAdapter(module, rank, alpha, targets), {}
     try:
-        yield adapter
+        adapter.load_state_dict(state)
+        for name, layer in module.named_modules():
+            if isinstance(layer, LoraLayer):
+                originals[name] = layer.get_base_layer().weight.detach().clone()
+                layer.merge(adapter_names=[ADAPTER_NAME])
     finally:
-        adapter.remove()
+        adapter.remove()  # the merged base layers stay in place of the adapter's wrappers
+    try:
+        yield
+    finally:
+        _restore_weights(module, originals)
+
+
+def _restore_weights(module: torch.nn.Module, originals: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for name, weight in originals.items():
+            module.get_submodule(name).weight.copy_(weight)
 
 
 @contextlib.contextmanager

@@ -128,3 +128,19 @@ def test_one_scene_per_training_image_is_required(backend):
     with pytest.raises(ProtagonistError, match="3 scenes for 4 training images"):
         train_identity(backend, _images(), new_token(backend, "<x>", "blob"), IdentityTraining(steps=2),
                        scenes=["on a beach"] * 3)
+
+
+def test_an_applied_lora_is_merged_and_then_taken_out_bit_for_bit(backend):
+    weights = {k: v.clone() for k, v in backend.denoiser.state_dict().items()}
+    adapter = LoraAdapter(backend.denoiser, rank=2, alpha=2.0)
+    for parameter in adapter.parameters():
+        torch.nn.init.normal_(parameter, std=0.05, generator=torch.Generator().manual_seed(3))
+    lora = adapter.state_dict()
+    unmerged = _prediction(backend)
+    adapter.remove()
+    with lora_applied(backend.denoiser, lora, 2, 2.0):
+        assert not any("lora_" in name for name, _ in backend.denoiser.named_parameters())
+        merged = _prediction(backend)
+    assert (merged - unmerged).abs().max() <= 1e-5 * unmerged.abs().max()
+    assert not torch.allclose(merged, _prediction(backend))
+    assert all(torch.equal(v, weights[k]) for k, v in backend.denoiser.state_dict().items())
