@@ -94,8 +94,11 @@ def lora_applied(module: torch.nn.Module, state: dict[str, torch.Tensor], rank: 
             if isinstance(layer, LoraLayer):
                 originals[name] = layer.get_base_layer().weight.detach().clone()
                 layer.merge(adapter_names=[ADAPTER_NAME])
-    finally:
-        adapter.remove()  # the merged base layers stay in place of the adapter's wrappers
+    except BaseException:  # a failed merge leaves no layer half changed
+        adapter.remove()
+        _restore_weights(module, originals)
+        raise
+    adapter.remove()  # the merged base layers stay in place of the adapter's wrappers
     try:
         yield
     finally:
