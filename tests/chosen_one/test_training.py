@@ -144,3 +144,14 @@ def test_an_applied_lora_is_merged_and_then_taken_out_bit_for_bit(backend):
     assert (merged - unmerged).abs().max() <= 1e-5 * unmerged.abs().max()
     assert not torch.allclose(merged, _prediction(backend))
     assert all(torch.equal(v, weights[k]) for k, v in backend.denoiser.state_dict().items())
+
+
+def test_a_lora_that_does_not_fit_leaves_the_model_as_it_was(backend):
+    weights = {k: v.clone() for k, v in backend.denoiser.state_dict().items()}
+    adapter = LoraAdapter(backend.denoiser, rank=2, alpha=2.0)
+    lora = {k: torch.zeros(v.shape[0] + 1, *v.shape[1:]) for k, v in adapter.state_dict().items()}
+    adapter.remove()
+    with pytest.raises(RuntimeError), lora_applied(backend.denoiser, lora, 2, 2.0):
+        pass
+    assert not any("lora_" in name for name, _ in backend.denoiser.named_parameters())
+    assert all(torch.equal(v, weights[k]) for k, v in backend.denoiser.state_dict().items())
