@@ -87,28 +87,29 @@ def lora_applied(module: torch.nn.Module, state: dict[str, torch.Tensor], rank: 
     sprite model 20 % more seconds an image). Every weight is put back bit for bit afterwards."""
     from peft.tuners.lora import LoraLayer
 
-    adapter, originals = LoraAdapter(module, rank, alpha, targets), {}
+    adapter, originals = LoraAdapter(module, rank, alpha, targets), []
     try:
         adapter.load_state_dict(state)
-        for name, layer in module.named_modules():
+        for layer in module.modules():
             if isinstance(layer, LoraLayer):
-                originals[name] = layer.get_base_layer().weight.detach().clone()
+                base = layer.get_base_layer()
+                originals.append((base, base.weight.detach().clone()))
                 layer.merge(adapter_names=[ADAPTER_NAME])
     except BaseException:  # a failed merge leaves no layer half changed
-        adapter.remove()
-        _restore_weights(module, originals)
+        _restore_weights(originals)
         raise
-    adapter.remove()  # the merged base layers stay in place of the adapter's wrappers
+    finally:
+        adapter.remove()  # merged, the base layers take the adapter's wrappers' places
     try:
         yield
     finally:
-        _restore_weights(module, originals)
+        _restore_weights(originals)
 
 
-def _restore_weights(module: torch.nn.Module, originals: dict[str, torch.Tensor]) -> None:
+def _restore_weights(originals: list[tuple[torch.nn.Module, torch.Tensor]]) -> None:
     with torch.no_grad():
-        for name, weight in originals.items():
-            module.get_submodule(name).weight.copy_(weight)
+        for layer, weight in originals:
+            layer.weight.copy_(weight)
 
 
 @contextlib.contextmanager

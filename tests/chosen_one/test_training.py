@@ -155,3 +155,28 @@ def test_a_lora_that_does_not_fit_leaves_the_model_as_it_was(backend):
         pass
     assert not any("lora_" in name for name, _ in backend.denoiser.named_parameters())
     assert all(torch.equal(v, weights[k]) for k, v in backend.denoiser.state_dict().items())
+
+
+def test_a_merge_that_fails_part_way_puts_back_the_layers_it_changed(backend, monkeypatch):
+    from peft.tuners.lora import Linear as LoraLinear
+
+    weights = {k: v.clone() for k, v in backend.denoiser.state_dict().items()}
+    adapter = LoraAdapter(backend.denoiser, rank=2, alpha=2.0)
+    for parameter in adapter.parameters():
+        torch.nn.init.normal_(parameter, std=0.05, generator=torch.Generator().manual_seed(4))
+    lora = adapter.state_dict()
+    adapter.remove()
+    merge, calls = LoraLinear.merge, []
+
+    def merge_twice_then_fail(self, *args, **kwargs):
+        calls.append(self)
+        if len(calls) > 2:
+            raise RuntimeError("out of memory")
+        return merge(self, *args, **kwargs)
+
+    monkeypatch.setattr(LoraLinear, "merge", merge_twice_then_fail)
+    with pytest.raises(RuntimeError, match="out of memory"), lora_applied(backend.denoiser, lora, 2, 2.0):
+        pass
+    assert len(calls) == 3
+    assert not any("lora_" in name for name, _ in backend.denoiser.named_parameters())
+    assert all(torch.equal(v, weights[k]) for k, v in backend.denoiser.state_dict().items())
