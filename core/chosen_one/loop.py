@@ -94,12 +94,12 @@ def proposal_batches(settings: ChosenOneSettings) -> int:
     return (settings.max_rounds + 1) * -(-settings.proposals.count // settings.proposals.batch_size)
 
 
-def worst_case_evaluations(settings: ChosenOneSettings, cfg_passes: int = 2) -> int:
+def worst_case_evaluations(settings: ChosenOneSettings) -> int:
     """Denoiser evaluations of a loop that runs to its round limit: every round's proposals (conditional and
-    unconditional pass each step) and every training step's batch."""
+    unconditional pass on each guided step) and every training step's batch."""
     proposals = (settings.max_rounds + 1) * settings.proposals.count
     training = settings.max_rounds * settings.training.steps * settings.training.batch_size
-    return proposals * settings.proposals.steps * cfg_passes + training
+    return proposals * settings.proposals.evaluations_per_image() + training
 
 
 def _identity_context(backend: DiffusionBackend, identity: LearnedIdentity | None):
@@ -147,6 +147,8 @@ def _save_round(directory: Path, proposals, embeddings, choice, identity, spread
 # proposals share a batch (each image has its own seed), not what the completed rounds hold.
 RESUMABLE_CHANGES = frozenset({"max_rounds", "convergence_ratio", "convergence_threshold", "keep_tightest",
                                "proposals.batch_size"})
+# Settings added after run folders were already being made, with the value that gave the behaviour before them.
+LATER_SETTINGS = {"proposals.cfg_end": 1.0}
 
 
 def _round_settings(settings: ChosenOneSettings) -> dict:
@@ -167,7 +169,7 @@ def _check_same_run(run_dir: Path, settings: ChosenOneSettings) -> None:
     if not path.exists():
         atomic_write_json(current, path)
         return
-    saved = json.loads(path.read_text())
+    saved = {**LATER_SETTINGS, **json.loads(path.read_text())}
     changed = [f"{k}: {saved.get(k)!r} → {current.get(k)!r}" for k in sorted(current.keys() | saved.keys())
                if saved.get(k) != current.get(k)]
     if changed:

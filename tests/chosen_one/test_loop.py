@@ -159,3 +159,15 @@ def test_resuming_with_other_settings_is_refused_and_keeps_the_rounds(tiny_sdxl_
     more = _settings(max_rounds=2, keep_tightest=True)
     more.proposals.batch_size = 3  # stopping, selection and batching may change on resume
     assert [r.index for r in run_chosen_one(tiny_sdxl_backend, more, embed, tmp_path).rounds] == [0, 1]
+
+
+def test_a_run_folder_from_before_a_setting_existed_resumes_under_its_old_value(tiny_sdxl_backend, embed, tmp_path):
+    run_chosen_one(tiny_sdxl_backend, _settings(max_rounds=1), embed, tmp_path)
+    recorded = json.loads((tmp_path / "settings.json").read_text())
+    del recorded["proposals.cfg_end"]  # as a run folder made before guidance could end early holds it
+    (tmp_path / "settings.json").write_text(json.dumps(recorded))
+    assert [r.index for r in run_chosen_one(tiny_sdxl_backend, _settings(), embed, tmp_path).rounds] == [0, 1]
+    early_end = _settings()
+    early_end.proposals.cfg_end = 0.5
+    with pytest.raises(ProtagonistError, match=r"proposals.cfg_end: 1.0 → 0.5"):
+        run_chosen_one(tiny_sdxl_backend, early_end, embed, tmp_path)

@@ -43,3 +43,32 @@ def test_features_that_were_never_captured_are_refused_by_name(tiny_sdxl_backend
     settings = ProposalSettings(count=1, seed=0, steps=1, cfg=2.0, height=32, width=32, batch_size=1)
     with pytest.raises(ProtagonistError, match="no features were captured at 'mid_block'"):
         generate_proposals(tiny_sdxl_backend, "a blob", "", settings, feature_point="mid_block")
+
+
+def test_guidance_that_ends_early_costs_one_pass_on_each_unguided_step(tiny_sdxl_backend, monkeypatch):
+    passes = []
+    predict = type(tiny_sdxl_backend).predict
+    monkeypatch.setattr(type(tiny_sdxl_backend), "predict",
+                        lambda self, x, sigma, conds: passes.append(len(conds)) or predict(self, x, sigma, conds))
+    settings = ProposalSettings(count=2, seed=5, steps=4, cfg=3.0, cfg_end=0.5, height=32, width=32, batch_size=2)
+    generate_proposals(tiny_sdxl_backend, "a red blob", "", settings)
+    assert passes == [2, 2, 1, 1]
+    assert settings.evaluations_per_image() == 6
+
+
+def test_no_guided_step_is_sampling_the_conditional_prediction(tiny_sdxl_backend):
+    unguided = generate_proposals(tiny_sdxl_backend, "a red blob", "",
+                                  ProposalSettings(**{**SETTINGS.__dict__, "cfg_end": 0.0}))
+    scale_one = generate_proposals(tiny_sdxl_backend, "a red blob", "", ProposalSettings(**{**SETTINGS.__dict__,
+                                                                                            "cfg": 1.0}))
+    torch.testing.assert_close(unguided.latents, scale_one.latents, rtol=0, atol=2e-4)
+    guided = generate_proposals(tiny_sdxl_backend, "a red blob", "", SETTINGS)
+    assert not torch.allclose(unguided.latents, guided.latents, atol=1e-3)
+
+
+def test_guidance_end_outside_the_steps_or_under_feature_capture_is_refused(tiny_sdxl_backend):
+    with pytest.raises(ProtagonistError, match="share of the steps sampled with CFG, from 0 to 1; got 1.5"):
+        generate_proposals(tiny_sdxl_backend, "a blob", "", ProposalSettings(**{**SETTINGS.__dict__, "cfg_end": 1.5}))
+    with pytest.raises(ProtagonistError, match="set `cfg_end` to 1 to capture them"):
+        generate_proposals(tiny_sdxl_backend, "a blob", "", ProposalSettings(**{**SETTINGS.__dict__, "cfg_end": 0.5}),
+                           feature_point="mid_block")
