@@ -18,7 +18,8 @@ def preset(name: str, prompt: str, init_word: str, identity_prompt: str = "a pho
     one token per encoder trained 500 steps at batch 1, lr 3e-5, restarted from the base model every
     round, at most 5 rounds, stop below 0.7× the first round's spread.
 
-    `fast`: 32 proposals of 20 steps, K=3 clusters of at least 6, 150 training steps at batch 4
+    `fast`: 32 proposals of 20 steps, guided (CFG) for the first two thirds of them and drawn from the
+    conditional prediction alone after that, K=3 clusters of at least 6, 150 training steps at batch 4
     continuing the previous round's identity (warm start), at most 3 rounds, noise levels drawn from
     the noisiest half of the schedule only (where a character's identity is decided). From round 1 the
     chosen cluster also takes in the images within 1.5× its radius, and the loop returns the round whose
@@ -35,8 +36,8 @@ def preset(name: str, prompt: str, init_word: str, identity_prompt: str = "a pho
     elif name == "fast":
         settings = ChosenOneSettings(
             prompt=prompt, init_word=init_word, identity_prompt=identity_prompt,
-            proposals=ProposalSettings(count=32, seed=seed, steps=20, cfg=7.5, height=height, width=width,
-                                       batch_size=32),
+            proposals=ProposalSettings(count=32, seed=seed, steps=20, cfg=7.5, cfg_end=0.67, height=height,
+                                       width=width, batch_size=32),
             clusters=3, min_cluster_size=6,
             training=IdentityTraining(steps=150, batch_size=4, seed=seed, noisiest_share=0.5),
             max_rounds=3, convergence_ratio=0.7, warm_start=True, cluster_expansion=1.5, keep_tightest=True)

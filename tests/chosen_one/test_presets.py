@@ -14,7 +14,7 @@ def test_worst_case_evaluations_counts_proposals_and_training():
     paper = preset("paper", "a blob", "blob")
     assert worst_case_evaluations(paper) == 6 * 128 * 35 * 2 + 5 * 500 * 1
     fast = preset("fast", "a blob", "blob")
-    assert worst_case_evaluations(fast) == 4 * 32 * 20 * 2 + 3 * 150 * 4
+    assert worst_case_evaluations(fast) == 4 * 32 * (13 * 2 + 7) + 3 * 150 * 4  # CFG on 13 of 20 steps
 
 
 def test_proposal_batches_count_every_round_with_a_short_last_batch():
