@@ -133,13 +133,14 @@ def test_feature_capture_matches_between_backends(diffusers_sdxl, comfy_backend)
 
 def test_guidance_that_ends_early_matches_between_backends(diffusers_sdxl, comfy_backend):
     """`fast` proposals switch from two conditionings to one mid-run: ComfyUI's processed conds follow."""
+    from dataclasses import replace
+
     from protagonist.core.proposals import ProposalSettings, generate_proposals
 
     settings = ProposalSettings(count=2, seed=4, steps=4, cfg=20.0, cfg_end=0.5, height=32, width=32, batch_size=2)
     ours = generate_proposals(diffusers_sdxl, "a photo of a blob", "", settings)
     theirs = generate_proposals(comfy_backend, "a photo of a blob", "", settings)
-    full = generate_proposals(comfy_backend, "a photo of a blob", "", ProposalSettings(**{**settings.__dict__,
-                                                                                         "cfg_end": 1.0}))
+    full = generate_proposals(comfy_backend, "a photo of a blob", "", replace(settings, cfg_end=1.0))
     parity = (ours.latents - theirs.latents).abs().max()
     assert parity <= 1e-3
     assert (full.latents - theirs.latents).abs().max() > 10 * parity  # the unguided steps did change the images

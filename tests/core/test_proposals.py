@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from protagonist.core.interface import ProtagonistError
@@ -57,10 +59,8 @@ def test_guidance_that_ends_early_costs_one_pass_on_each_unguided_step(tiny_sdxl
 
 
 def test_no_guided_step_is_sampling_the_conditional_prediction(tiny_sdxl_backend):
-    unguided = generate_proposals(tiny_sdxl_backend, "a red blob", "",
-                                  ProposalSettings(**{**SETTINGS.__dict__, "cfg_end": 0.0}))
-    scale_one = generate_proposals(tiny_sdxl_backend, "a red blob", "", ProposalSettings(**{**SETTINGS.__dict__,
-                                                                                            "cfg": 1.0}))
+    unguided = generate_proposals(tiny_sdxl_backend, "a red blob", "", replace(SETTINGS, cfg_end=0.0))
+    scale_one = generate_proposals(tiny_sdxl_backend, "a red blob", "", replace(SETTINGS, cfg=1.0))
     torch.testing.assert_close(unguided.latents, scale_one.latents, rtol=0, atol=2e-4)
     guided = generate_proposals(tiny_sdxl_backend, "a red blob", "", SETTINGS)
     assert not torch.allclose(unguided.latents, guided.latents, atol=1e-3)
@@ -68,7 +68,7 @@ def test_no_guided_step_is_sampling_the_conditional_prediction(tiny_sdxl_backend
 
 def test_guidance_end_outside_the_steps_or_under_feature_capture_is_refused(tiny_sdxl_backend):
     with pytest.raises(ProtagonistError, match="share of the steps sampled with CFG, from 0 to 1; got 1.5"):
-        generate_proposals(tiny_sdxl_backend, "a blob", "", ProposalSettings(**{**SETTINGS.__dict__, "cfg_end": 1.5}))
+        generate_proposals(tiny_sdxl_backend, "a blob", "", replace(SETTINGS, cfg_end=1.5))
     with pytest.raises(ProtagonistError, match="set `cfg_end` to 1 to capture them"):
-        generate_proposals(tiny_sdxl_backend, "a blob", "", ProposalSettings(**{**SETTINGS.__dict__, "cfg_end": 0.5}),
+        generate_proposals(tiny_sdxl_backend, "a blob", "", replace(SETTINGS, cfg_end=0.5),
                            feature_point="mid_block")
