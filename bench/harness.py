@@ -64,14 +64,15 @@ class Method(Protocol):
 
 
 def draw(backend: DiffusionBackend, prompts: list[str], seeds: list[int], settings: SamplingSettings,
-         tokens=None) -> torch.Tensor:
-    """One image per prompt and seed, with classifier-free guidance, in one batch."""
+         tokens=None, before_step=None) -> torch.Tensor:
+    """One image per prompt and seed, with classifier-free guidance, in one batch (`before_step`: the
+    sampler's)."""
     with torch.no_grad():
         positive = backend.encode_prompts(prompts, tokens=tokens, image_size=settings.size)
         negative = backend.encode_prompts([settings.negative], image_size=settings.size)
     noise = seeded_noise(seeds, backend.latent_shape(len(seeds), *settings.size))
     latents = sample(backend, [negative, positive], noise, settings.steps, cfg_guidance(settings.cfg),
-                     settings.sampler)
+                     settings.sampler, before_step=before_step)
     with torch.no_grad():
         return backend.decode_latents(latents)
 

@@ -106,6 +106,40 @@ def lora_applied(module: torch.nn.Module, state: dict[str, torch.Tensor], rank: 
         _restore_weights(originals)
 
 
+class LoraOnNoisiest:
+    """A LoRA merged into `module` (as :func:`lora_applied`) only on the sampling steps whose sigma is at least
+    `sigma_floor`; below it the base weights draw. Pass :meth:`before_step` to the sampler.
+
+    An adapter trained on the noisiest part of the schedule learns the character there; on the last steps
+    it was never trained for, it only repeats its training images' softness (sprite model, bench/results).
+    """
+
+    def __init__(self, module: torch.nn.Module, state: dict[str, torch.Tensor], rank: int, alpha: float,
+                 sigma_floor: float, targets: tuple[str, ...] = ATTENTION_TARGETS):
+        self.applied = lambda: lora_applied(module, state, rank, alpha, targets)
+        self.sigma_floor = sigma_floor
+        self._merged: contextlib.ExitStack | None = None
+
+    def before_step(self, info) -> None:
+        wanted = info.sigma >= self.sigma_floor
+        if wanted and self._merged is None:
+            self._merged = contextlib.ExitStack()
+            self._merged.enter_context(self.applied())
+        elif not wanted:
+            self.close()
+
+    def close(self) -> None:
+        if self._merged is not None:
+            merged, self._merged = self._merged, None
+            merged.close()
+
+    def __enter__(self) -> LoraOnNoisiest:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def _restore_weights(originals: list[tuple[torch.nn.Module, torch.Tensor]]) -> None:
     with torch.no_grad():
         for layer, weight in originals:

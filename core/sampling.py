@@ -86,6 +86,7 @@ def sample(
     sampler: str = "euler",
     sigmas: torch.Tensor | None = None,
     callback: StepCallback | None = None,
+    before_step: Callable[[StepInfo], None] | None = None,
 ) -> torch.Tensor:
     """Denoise `noise` (unit Gaussian, latent-shaped) to latents.
 
@@ -99,6 +100,8 @@ def sample(
         sampler: "euler" or "dpmpp_2m".
         sigmas: an explicit descending schedule ending in 0.
         callback: called after each step with the step info, current x and guided x0.
+        before_step: called with the step info before each step's predictions (e.g. to change the weights
+            for part of the schedule).
     """
     if sampler not in SAMPLERS:
         raise ProtagonistError(f"`sampler` must be one of {sorted(SAMPLERS)}, got {sampler!r}")
@@ -112,6 +115,8 @@ def sample(
         for i in range(total):
             sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
             info = StepInfo(i, total, sigma, sigmas)
+            if before_step is not None:
+                before_step(info)
             step_conds = conds(info) if callable(conds) else conds
             preds = backend.predict(x, torch.tensor(sigma), step_conds)
             denoised = guidance(preds, info)

@@ -21,9 +21,20 @@ def noisiest_sigmas(schedule, batch: int, generator: torch.Generator, share: flo
     A character's look (shape, colour, pattern) is settled in the first, noisiest steps of sampling;
     training only there spends every step on identity instead of on texture.
     """
-    levels = schedule.sampling_sigmas(1000)[:-1]  # noisiest first
-    kept = levels[: max(1, round(share * len(levels)))]
+    kept = _noisiest_levels(schedule, share)
     return kept[torch.randint(len(kept), (batch,), generator=generator)]
+
+
+def lowest_sigma_of_noisiest(schedule, share: float) -> float:
+    """The least sigma among the noisiest `share` of the schedule's 1000 levels: where training with
+    `noisiest_share=share` stops (the unit of ComfyUI's start and end percents)."""
+    check_noisiest_share(share)
+    return float(_noisiest_levels(schedule, share)[-1])
+
+
+def _noisiest_levels(schedule, share: float) -> torch.Tensor:
+    levels = schedule.sampling_sigmas(1000)[:-1]  # noisiest first
+    return levels[: max(1, round(share * len(levels)))]
 
 
 def denoising_error(backend: DiffusionBackend, latents: torch.Tensor, cond: Conditioning,

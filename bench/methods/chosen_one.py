@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ...core.adapters import lora_applied
-from ...core.chosen_one.loop import run_chosen_one
+from ...core.chosen_one.loop import identity_on_noisiest, run_chosen_one
 from ...core.chosen_one.presets import preset
 from ...core.chosen_one.training import LearnedIdentity, new_token, train_identity
 from ...core.embedding import embed_images
@@ -50,6 +49,7 @@ class ChosenState:
     character: Character
     identity: LearnedIdentity | None
     subject_prompt: str
+    lora_noisiest_share: float = 1.0  # the LoRA draws on these noise levels only, as in the loop
 
 
 def sprite_scenes() -> dict[str, Context]:
@@ -104,7 +104,8 @@ class ChosenOneMethod:
         run_dir = self.run_root / self.name / f"seed{seed}"
         result = run_chosen_one(backend, settings, lambda images: embed_images(self.embedder, images), run_dir)
         self.rounds.append(len(result.rounds))
-        return ChosenState(character, result.identity, settings.identity_prompt.format(settings.token_name))
+        return ChosenState(character, result.identity, settings.identity_prompt.format(settings.token_name),
+                           settings.lora_noisiest_share)
 
     def generate(self, backend, state: ChosenState, prompts, seeds, settings):
         return draw_learned_identity(backend, state, prompts, seeds, settings)
@@ -115,8 +116,8 @@ def draw_learned_identity(backend, state: ChosenState, prompts, seeds, settings)
         return PlainSampling().generate(backend, None, prompts, seeds, settings)
     prompts = [p.replace(state.character.subject, state.subject_prompt, 1) for p in prompts]
     identity = state.identity
-    with lora_applied(backend.denoiser, identity.lora, identity.rank, identity.alpha):
-        return draw(backend, prompts, seeds, settings, tokens=[identity.token])
+    with identity_on_noisiest(backend, identity, state.lora_noisiest_share) as lora:
+        return draw(backend, prompts, seeds, settings, tokens=[identity.token], before_step=lora.before_step)
 
 
 def pure_cluster(subject: str, seed: int, count: int = 16, scenes: tuple[str, ...] = ()):
@@ -149,7 +150,8 @@ class PureClusterCeiling:
         token = new_token(backend, settings.token_name, self.class_word)
         images, scenes = pure_cluster(character.subject, seed, scenes=settings.scenes)
         identity = train_identity(backend, images, token, settings.training, scenes=scenes)
-        return ChosenState(character, identity, settings.identity_prompt.format(settings.token_name))
+        return ChosenState(character, identity, settings.identity_prompt.format(settings.token_name),
+                           settings.lora_noisiest_share)
 
     def generate(self, backend, state: ChosenState, prompts, seeds, settings):
         return draw_learned_identity(backend, state, prompts, seeds, settings)

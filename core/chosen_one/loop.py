@@ -8,7 +8,6 @@ records what shaped the rounds, so that a run folder is never resumed with other
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -18,11 +17,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from ..adapters import lora_applied
+from ..adapters import LoraOnNoisiest
 from ..checkpoint import atomic_save_tensors, atomic_write_json
 from ..interface import DiffusionBackend, ProtagonistError
 from ..proposals import ProposalSettings, generate_proposals, scene_prompts, scenes_for
-from ..training import TrainingDiverged
+from ..training import TrainingDiverged, lowest_sigma_of_noisiest
 from .clustering import check_cluster_settings, mean_pairwise_distance, most_cohesive_cluster
 from .identity_file import load_identity, save_identity
 from .training import IdentityTraining, LearnedIdentity, new_token, train_identity
@@ -56,6 +55,10 @@ class ChosenOneSettings:
     # Return the round whose identity drew the least spread proposals (the loop's own convergence measure)
     # rather than the last: training on its own proposals can make an identity worse again. Off: the paper's.
     keep_tightest: bool = False
+    # Share of the noise levels, noisiest first, on which the learned LoRA draws the later rounds' proposals;
+    # below it the base weights finish them. An adapter trained on the noisiest levels alone otherwise
+    # softens the details it never learnt, and the next round trains on that. 1: every step (the paper's).
+    lora_noisiest_share: float = 1.0
 
 
 @dataclass
@@ -102,10 +105,10 @@ def worst_case_evaluations(settings: ChosenOneSettings) -> int:
     return proposals * settings.proposals.evaluations_per_image() + training
 
 
-def _identity_context(backend: DiffusionBackend, identity: LearnedIdentity | None):
-    if identity is None:
-        return contextlib.nullcontext()
-    return lora_applied(backend.denoiser, identity.lora, identity.rank, identity.alpha)
+def identity_on_noisiest(backend: DiffusionBackend, identity: LearnedIdentity, share: float) -> LoraOnNoisiest:
+    """`identity`'s LoRA merged on the steps within the noisiest `share` of the schedule's levels."""
+    floor = lowest_sigma_of_noisiest(backend.schedule, share)
+    return LoraOnNoisiest(backend.denoiser, identity.lora, identity.rank, identity.alpha, floor)
 
 
 def _propose(backend, settings: ChosenOneSettings, identity, index: int, callback):
@@ -113,9 +116,11 @@ def _propose(backend, settings: ChosenOneSettings, identity, index: int, callbac
                                    "seed": settings.proposals.seed + index * settings.proposals.count})
     prompt = settings.prompt if identity is None else settings.identity_prompt.format(identity.token.name)
     prompts = scene_prompts(prompt, settings.scenes, proposal.count)
-    tokens = [identity.token] if identity is not None else None
-    with _identity_context(backend, identity):
-        return generate_proposals(backend, prompts, settings.negative, proposal, tokens=tokens, callback=callback)
+    if identity is None:
+        return generate_proposals(backend, prompts, settings.negative, proposal, callback=callback)
+    with identity_on_noisiest(backend, identity, settings.lora_noisiest_share) as lora:
+        return generate_proposals(backend, prompts, settings.negative, proposal, tokens=[identity.token],
+                                  callback=callback, before_step=lora.before_step)
 
 
 def _train(backend, settings: ChosenOneSettings, images, scenes, previous: LearnedIdentity | None, index: int,
@@ -148,7 +153,7 @@ def _save_round(directory: Path, proposals, embeddings, choice, identity, spread
 RESUMABLE_CHANGES = frozenset({"max_rounds", "convergence_ratio", "convergence_threshold", "keep_tightest",
                                "proposals.batch_size"})
 # Settings added after run folders were already being made, with the value that gave the behaviour before them.
-LATER_SETTINGS = {"proposals.cfg_end": 1.0}
+LATER_SETTINGS = {"proposals.cfg_end": 1.0, "lora_noisiest_share": 1.0}
 
 
 def _round_settings(settings: ChosenOneSettings) -> dict:
@@ -192,6 +197,10 @@ def run_chosen_one(backend: DiffusionBackend, settings: ChosenOneSettings, embed
     interrupt: completed rounds stay on disk).
     """
     check_cluster_settings(settings.proposals.count, settings.clusters, settings.min_cluster_size)
+    if not 0.0 < settings.lora_noisiest_share <= 1.0:
+        raise ProtagonistError("`lora_noisiest_share` is the share of the noise levels, noisiest first, on which the "
+                               f"learned LoRA draws proposals: from above 0 to 1 (every step); got "
+                               f"{settings.lora_noisiest_share}")
     new_token(backend, settings.token_name, settings.init_word)  # fail early on a bad initialiser
     run_dir = Path(run_dir)
     _check_same_run(run_dir, settings)

@@ -6,10 +6,11 @@ import math
 
 import pytest
 import torch
-from protagonist.core.adapters import LoraAdapter, comfy_lora, kohya_lora, lora_applied
+from protagonist.core.adapters import LoraAdapter, LoraOnNoisiest, comfy_lora, kohya_lora, lora_applied
 from protagonist.core.chosen_one.training import IdentityTraining, new_token, train_identity
 from protagonist.core.interface import ProtagonistError
-from protagonist.core.training import TrainingDiverged
+from protagonist.core.sampling import cfg_guidance, sample
+from protagonist.core.training import TrainingDiverged, lowest_sigma_of_noisiest, noisiest_sigmas
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +145,58 @@ def test_an_applied_lora_is_merged_and_then_taken_out_bit_for_bit(backend):
     assert (merged - unmerged).abs().max() <= 1e-5 * unmerged.abs().max()
     assert not torch.allclose(merged, _prediction(backend))
     assert all(torch.equal(v, weights[k]) for k, v in backend.denoiser.state_dict().items())
+
+
+def _random_lora(backend, rank=2, seed=3):
+    adapter = LoraAdapter(backend.denoiser, rank=rank, alpha=float(rank))
+    for parameter in adapter.parameters():
+        torch.nn.init.normal_(parameter, std=0.05, generator=torch.Generator().manual_seed(seed))
+    lora = adapter.state_dict()
+    adapter.remove()
+    return lora
+
+
+def test_a_lora_on_the_noisiest_levels_draws_the_first_steps_and_the_base_weights_the_rest(backend):
+    base = {k: v.clone() for k, v in backend.denoiser.state_dict().items()}
+    lora, sigmas = _random_lora(backend), backend.schedule.sampling_sigmas(6)
+    floor = float(sigmas[3])  # steps 0-3 at or above it
+    merged_at = []
+
+    def record(info, x, denoised):
+        current = backend.denoiser.state_dict()
+        merged_at.append(any(not torch.equal(current[k], v) for k, v in base.items()))
+
+    with torch.no_grad():
+        cond = backend.encode_prompts(["a photo of a blob"])
+    with LoraOnNoisiest(backend.denoiser, lora, 2, 2.0, floor) as scheduled:
+        for _ in range(2):  # every sampling run (a batch) merges it again
+            sample(backend, [cond], torch.randn(1, 4, 8, 8), 6, cfg_guidance(1.0), callback=record,
+                   before_step=scheduled.before_step)
+    assert merged_at == [True] * 4 + [False] * 2 + [True] * 4 + [False] * 2
+    assert all(torch.equal(v, base[k]) for k, v in backend.denoiser.state_dict().items())
+
+
+def test_an_interrupted_run_leaves_no_lora_merged(backend):
+    base = {k: v.clone() for k, v in backend.denoiser.state_dict().items()}
+    with torch.no_grad():
+        cond = backend.encode_prompts(["a photo of a blob"])
+
+    def stop(info, x, denoised):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt), LoraOnNoisiest(backend.denoiser, _random_lora(backend), 2, 2.0, 0.0) as lora:
+        sample(backend, [cond], torch.randn(1, 4, 8, 8), 4, cfg_guidance(1.0), callback=stop,
+               before_step=lora.before_step)
+    assert all(torch.equal(v, base[k]) for k, v in backend.denoiser.state_dict().items())
+
+
+def test_the_lowest_sigma_of_a_share_is_the_least_that_training_with_it_draws(backend):
+    drawn = noisiest_sigmas(backend.schedule, 4000, torch.Generator().manual_seed(0), 0.25)
+    assert lowest_sigma_of_noisiest(backend.schedule, 0.25) == pytest.approx(float(drawn.min()))
+    assert lowest_sigma_of_noisiest(backend.schedule, 1.0) == pytest.approx(
+        float(backend.schedule.sampling_sigmas(1000)[-2]))
+    with pytest.raises(ProtagonistError, match="in \\(0, 1\\]"):
+        lowest_sigma_of_noisiest(backend.schedule, 0.0)
 
 
 def test_a_lora_that_does_not_fit_leaves_the_model_as_it_was(backend):
