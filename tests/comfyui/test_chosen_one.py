@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
-from protagonist.core.adapters import lora_applied
+from protagonist.core.adapters import LoraOnNoisiest, lora_applied
 from protagonist.core.chosen_one.identity_file import export_for_comfyui
 from protagonist.core.chosen_one.training import IdentityTraining, new_token, train_identity
+from protagonist.core.sampling import cfg_guidance, sample
+from protagonist.core.training import lowest_sigma_of_noisiest
 from protagonist.core.tiny_models import tiny_dinov2
 
 from .helpers import pack_module, proposal_sampler_inputs, run_prompt, tiny_loader_node
@@ -16,7 +19,9 @@ from .helpers import pack_module, proposal_sampler_inputs, run_prompt, tiny_load
 PARITY_TOLERANCE = 1e-4
 
 
-def test_exported_identity_reloads_in_stock_comfyui(comfy_nodes, diffusers_sdxl, comfy_sdxl):
+@pytest.fixture(scope="module")
+def exported_identity(comfy_nodes, diffusers_sdxl):
+    """A trained identity, exported to ComfyUI's folders as hero_lora.safetensors and embedding:hero."""
     import folder_paths
 
     images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -24,6 +29,11 @@ def test_exported_identity_reloads_in_stock_comfyui(comfy_nodes, diffusers_sdxl,
     identity = train_identity(diffusers_sdxl, images, token, IdentityTraining(steps=4, lora_lr=2e-2, token_lr=5e-2))
     loras, embeddings = (Path(folder_paths.get_folder_paths(n)[0]) for n in ("loras", "embeddings"))
     export_for_comfyui(identity, loras / "hero_lora.safetensors", embeddings / "hero.safetensors", overwrite=True)
+    return identity
+
+
+def test_exported_identity_reloads_in_stock_comfyui(comfy_nodes, diffusers_sdxl, comfy_sdxl, exported_identity):
+    identity = exported_identity
 
     model, clip, vae = comfy_sdxl
     model, clip = comfy_nodes.NODE_CLASS_MAPPINGS["LoraLoader"]().load_lora(model, clip, "hero_lora.safetensors",
@@ -41,6 +51,56 @@ def test_exported_identity_reloads_in_stock_comfyui(comfy_nodes, diffusers_sdxl,
             got = theirs.predict(x, torch.tensor(1.5), [cond_theirs])
     assert (ours - plain).abs().max() > 1e-3  # the LoRA does something
     assert (ours - got).abs().max() <= PARITY_TOLERANCE
+
+
+def _stock_hooked_sample(comfy_nodes, comfy_sdxl, conds, noise, steps, cfg, share):
+    """ComfyUI's own sampler with the exported LoRA as a hook that stock keyframes switch off at `share`
+    (Create Hook LoRA (MO) → Create Hook Keyframe ×2 → Set Hook Keyframes → Cond Pair Set Props); `share`
+    None: the LoRA on every step."""
+    import comfy.sample
+
+    mapping = comfy_nodes.NODE_CLASS_MAPPINGS
+    model = comfy_sdxl[0]
+    hooks = mapping["CreateHookLoraModelOnly"]().create_hook_model_only("hero_lora.safetensors", 1.0)[0]
+    if share is not None:
+        keyframe = mapping["CreateHookKeyframe"]().create_hook_keyframe
+        # the first keyframe holds from the first step whatever its start, so the full strength needs its own
+        keyframes = keyframe(strength_mult=0.0, start_percent=share,
+                             prev_hook_kf=keyframe(strength_mult=1.0, start_percent=0.0)[0])[0]
+        hooks = mapping["SetHookKeyframes"]().set_hook_keyframes(hooks, keyframes)[0]
+    negative, positive = ([[c.embeds, {"pooled_output": c.pooled, **c.extras["comfy"]}]] for c in conds)
+    positive, negative = mapping["PairConditioningSetProperties"]().set_properties(
+        positive, negative, 1.0, "default", hooks=hooks)
+    latents = comfy.sample.sample(model, noise, steps, cfg, "euler", "normal", positive, negative,
+                                  torch.zeros_like(noise), denoise=1.0)
+    return model.model.process_latent_in(latents)
+
+
+def test_stock_hook_keyframes_draw_a_lora_on_the_noisiest_levels_as_the_core_does(comfy_nodes, diffusers_sdxl,
+                                                                                   comfy_sdxl, exported_identity):
+    """The way to draw a `fast` identity in ComfyUI with stock nodes: the LoRA as a hook, switched off by a
+    keyframe at start_percent = `lora_noisiest_share`, gives the core's images."""
+    import comfy.samplers
+
+    identity, share, steps, cfg = exported_identity, 0.5, 6, 4.0
+    theirs = pack_module("nodes.comfy_backend").ComfyBackend(*comfy_sdxl)
+    noise = torch.randn(diffusers_sdxl.latent_shape(1, 32, 32), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        conds = [theirs.encode_prompts(p, tokens=[identity.token], image_size=(32, 32))
+                 for p in ([""], ["a photo of <hero>"])]
+        ours_conds = [diffusers_sdxl.encode_prompts(p, tokens=[identity.token], image_size=(32, 32))
+                      for p in ([""], ["a photo of <hero>"])]
+    sigmas = comfy.samplers.calculate_sigmas(comfy_sdxl[0].get_model_object("model_sampling"), "normal", steps).cpu()
+    floor = lowest_sigma_of_noisiest(diffusers_sdxl.schedule, share)
+    assert sigmas[0] > floor > sigmas[-2]  # the LoRA draws some steps and not others
+    with LoraOnNoisiest(diffusers_sdxl.denoiser, identity.lora, identity.rank, identity.alpha, floor) as lora:
+        ours = sample(diffusers_sdxl, ours_conds, noise, steps, cfg_guidance(cfg), "euler", sigmas=sigmas,
+                      before_step=lora.before_step)
+    stock = _stock_hooked_sample(comfy_nodes, comfy_sdxl, conds, noise, steps, cfg, share)
+    every_step = _stock_hooked_sample(comfy_nodes, comfy_sdxl, conds, noise, steps, cfg, None)
+    parity = (ours - stock).abs().max()
+    assert parity <= 1e-3
+    assert (every_step - stock).abs().max() > 10 * parity  # the keyframe did take the LoRA out
 
 
 def _recording(module, name: str, seen: list, monkeypatch):
