@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from ..adapters import LoraOnNoisiest
+from ..adapters import LoraOnNoisiest, lora_applied
 from ..checkpoint import atomic_save_tensors, atomic_write_json
 from ..interface import DiffusionBackend, ProtagonistError
 from ..proposals import ProposalSettings, generate_proposals, scene_prompts, scenes_for
@@ -55,9 +55,10 @@ class ChosenOneSettings:
     # Return the round whose identity drew the least spread proposals (the loop's own convergence measure)
     # rather than the last: training on its own proposals can make an identity worse again. Off: the paper's.
     keep_tightest: bool = False
-    # Share of the noise levels, noisiest first, on which the learned LoRA draws the later rounds' proposals;
-    # below it the base weights finish them. An adapter trained on the noisiest levels alone otherwise
-    # softens the details it never learnt, and the next round trains on that. 1: every step (the paper's).
+    # How the learned identity draws once the loop is done (the benchmark, the loop node's hooks): its LoRA on
+    # this share of the noise levels, noisiest first, and the base weights below. An adapter trained on the
+    # noisiest levels alone softens the details it never learnt. The loop's own proposals keep the LoRA on every
+    # step: there it changed little and did not help (bench/results, session 29). 1: every step (the paper's).
     lora_noisiest_share: float = 1.0
 
 
@@ -118,9 +119,9 @@ def _propose(backend, settings: ChosenOneSettings, identity, index: int, callbac
     prompts = scene_prompts(prompt, settings.scenes, proposal.count)
     if identity is None:
         return generate_proposals(backend, prompts, settings.negative, proposal, callback=callback)
-    with identity_on_noisiest(backend, identity, settings.lora_noisiest_share) as lora:
+    with lora_applied(backend.denoiser, identity.lora, identity.rank, identity.alpha):
         return generate_proposals(backend, prompts, settings.negative, proposal, tokens=[identity.token],
-                                  callback=callback, before_step=lora.before_step)
+                                  callback=callback)
 
 
 def _train(backend, settings: ChosenOneSettings, images, scenes, previous: LearnedIdentity | None, index: int,
@@ -148,12 +149,12 @@ def _save_round(directory: Path, proposals, embeddings, choice, identity, spread
     return result
 
 
-# Settings a resumed run may change: they decide when the loop stops and which round it returns, or how many
-# proposals share a batch (each image has its own seed), not what the completed rounds hold.
+# Settings a resumed run may change: they decide when the loop stops, which round it returns and how that round's
+# identity draws, or how many proposals share a batch (each image has its own seed), not what the rounds hold.
 RESUMABLE_CHANGES = frozenset({"max_rounds", "convergence_ratio", "convergence_threshold", "keep_tightest",
-                               "proposals.batch_size"})
+                               "lora_noisiest_share", "proposals.batch_size"})
 # Settings added after run folders were already being made, with the value that gave the behaviour before them.
-LATER_SETTINGS = {"proposals.cfg_end": 1.0, "lora_noisiest_share": 1.0}
+LATER_SETTINGS = {"proposals.cfg_end": 1.0}
 
 
 def _round_settings(settings: ChosenOneSettings) -> dict:
@@ -199,7 +200,7 @@ def run_chosen_one(backend: DiffusionBackend, settings: ChosenOneSettings, embed
     check_cluster_settings(settings.proposals.count, settings.clusters, settings.min_cluster_size)
     if not 0.0 < settings.lora_noisiest_share <= 1.0:
         raise ProtagonistError("`lora_noisiest_share` is the share of the noise levels, noisiest first, on which the "
-                               f"learned LoRA draws proposals: from above 0 to 1 (every step); got "
+                               f"learned LoRA draws: from above 0 to 1 (every step); got "
                                f"{settings.lora_noisiest_share}")
     new_token(backend, settings.token_name, settings.init_word)  # fail early on a bad initialiser
     run_dir = Path(run_dir)
