@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import comfy.hooks
 import comfy.sd
 import torch
 from comfy_api.v0_0_2 import io
@@ -27,6 +28,21 @@ def apply_identity(model, clip, identity):
     """MODEL/CLIP clones with the identity's LoRA, through ComfyUI's own LoRA patching."""
     lora = comfy_lora(identity.lora, identity.alpha)
     return comfy.sd.load_lora_for_models(model, clip, lora, 1.0, 0.0)
+
+
+def lora_hooks(lora: dict[str, torch.Tensor], noisiest_share: float):
+    """A LoRA in ComfyUI's keys as a hook (for Cond Pair Set Props) on the noisiest `noisiest_share` of the
+    noise levels (the loop's `lora_noisiest_share`); ComfyUI's start percents count the same levels."""
+    hooks = comfy.hooks.create_hook_lora(lora, strength_model=1.0, strength_clip=0.0)
+    if noisiest_share >= 1.0:
+        return hooks
+    keyframes = comfy.hooks.HookKeyframeGroup()
+    # ComfyUI holds the first keyframe from the first step whatever its start, so full strength needs its own
+    keyframes.add(comfy.hooks.HookKeyframe(strength=1.0, start_percent=0.0))
+    keyframes.add(comfy.hooks.HookKeyframe(strength=0.0, start_percent=noisiest_share))
+    hooks = hooks.clone()
+    hooks.set_keyframes_on_hooks(hook_kf=keyframes)
+    return hooks
 
 
 def refuse_existing_exports(name: str, overwrite: bool) -> None:
@@ -138,8 +154,15 @@ class ChosenOneLoop(io.ComfyNode):
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, tooltip="Seed of proposals and training."),
                 io.Boolean.Input("overwrite", default=False, tooltip="Replace existing exported files."),
             ],
-            outputs=[io.Model.Output(), io.Clip.Output(), io.String.Output(display_name="token"),
-                     io.Image.Output(display_name="last_proposals"), io.String.Output(display_name="report")],
+            outputs=[io.Model.Output(tooltip="The model with the learned LoRA on every step, for any downstream "
+                                             "node."),
+                     io.Clip.Output(), io.String.Output(display_name="token"),
+                     io.Image.Output(display_name="last_proposals"), io.String.Output(display_name="report"),
+                     io.Hooks.Output(display_name="lora_hooks",
+                                     tooltip="The LoRA on the noise levels the preset draws its result with (fast: "
+                                             "the noisiest 83 %, then the base weights; paper: every step). Connect "
+                                             "to Cond Pair Set Props and sample the unpatched model: this is how "
+                                             "the benchmark draws.")],
         )
 
     @classmethod
@@ -165,4 +188,5 @@ class ChosenOneLoop(io.ComfyNode):
         report = "\n".join(f"round {r.index}: spread {r.spread:.4f}, cluster of {len(r.chosen)}"
                            for r in result.rounds) + f"\nconverged: {result.converged}; kept round {result.kept_round}; LoRA {lora_file}"
         last = shown[-1] if shown else torch.zeros(1, 3, 8, 8)
-        return io.NodeOutput(model_out, clip_out, token_text, images_to_comfy(last), report)
+        hooks = lora_hooks(comfy_lora(result.identity.lora, result.identity.alpha), settings.lora_noisiest_share)
+        return io.NodeOutput(model_out, clip_out, token_text, images_to_comfy(last), report, hooks)

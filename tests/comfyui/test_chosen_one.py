@@ -53,7 +53,7 @@ def test_exported_identity_reloads_in_stock_comfyui(comfy_nodes, diffusers_sdxl,
     assert (ours - got).abs().max() <= PARITY_TOLERANCE
 
 
-def _stock_hooked_sample(comfy_nodes, comfy_sdxl, conds, noise, steps, cfg, share):
+def _stock_hooked_sample(comfy_nodes, comfy_sdxl, conds, noise, steps, cfg, share, hooks=None):
     """ComfyUI's own sampler with the exported LoRA as a hook that stock keyframes switch off at `share`
     (Create Hook LoRA (MO) → Create Hook Keyframe ×2 → Set Hook Keyframes → Cond Pair Set Props); `share`
     None: the LoRA on every step."""
@@ -61,7 +61,8 @@ def _stock_hooked_sample(comfy_nodes, comfy_sdxl, conds, noise, steps, cfg, shar
 
     mapping = comfy_nodes.NODE_CLASS_MAPPINGS
     model = comfy_sdxl[0]
-    hooks = mapping["CreateHookLoraModelOnly"]().create_hook_model_only("hero_lora.safetensors", 1.0)[0]
+    if hooks is None:
+        hooks = mapping["CreateHookLoraModelOnly"]().create_hook_model_only("hero_lora.safetensors", 1.0)[0]
     if share is not None:
         keyframe = mapping["CreateHookKeyframe"]().create_hook_keyframe
         # the first keyframe holds from the first step whatever its start, so the full strength needs its own
@@ -81,6 +82,8 @@ def test_stock_hook_keyframes_draw_a_lora_on_the_noisiest_levels_as_the_core_doe
     """The way to draw a `fast` identity in ComfyUI with stock nodes: the LoRA as a hook, switched off by a
     keyframe at start_percent = `lora_noisiest_share`, gives the core's images."""
     import comfy.samplers
+    import comfy.utils
+    import folder_paths
 
     identity, share, steps, cfg = exported_identity, 0.5, 6, 4.0
     theirs = pack_module("nodes.comfy_backend").ComfyBackend(*comfy_sdxl)
@@ -98,9 +101,13 @@ def test_stock_hook_keyframes_draw_a_lora_on_the_noisiest_levels_as_the_core_doe
                       before_step=lora.before_step)
     stock = _stock_hooked_sample(comfy_nodes, comfy_sdxl, conds, noise, steps, cfg, share)
     every_step = _stock_hooked_sample(comfy_nodes, comfy_sdxl, conds, noise, steps, cfg, None)
+    exported = comfy.utils.load_torch_file(folder_paths.get_full_path("loras", "hero_lora.safetensors"), safe_load=True)
+    loop_node_hooks = pack_module("nodes.chosen_one_training").lora_hooks(exported, share)
+    from_loop_node = _stock_hooked_sample(comfy_nodes, comfy_sdxl, conds, noise, steps, cfg, None, loop_node_hooks)
     parity = (ours - stock).abs().max()
     assert parity <= 1e-3
     assert (every_step - stock).abs().max() > 10 * parity  # the keyframe did take the LoRA out
+    assert (from_loop_node - stock).abs().max() <= 1e-5  # the loop node's lora_hooks output is that chain
 
 
 def _recording(module, name: str, seen: list, monkeypatch):
@@ -169,9 +176,21 @@ def test_the_whole_loop_node_runs_in_the_executor(comfy_nodes, comfy_sdxl):
             "scenes": "on a beach\nin a forest",
             "name": "loophero", "width": 32, "height": 32, "seed": 3, "overwrite": True}},
         "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 3]}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a photo of embedding:loophero"}},
+        "5": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": ""}},
+        "6": {"class_type": "PairConditioningSetProperties", "inputs": {
+            "positive_NEW": ["4", 0], "negative_NEW": ["5", 0], "strength": 1.0, "set_cond_area": "default",
+            "hooks": ["2", 5]}},
+        "7": {"class_type": "EmptyLatentImage", "inputs": {"width": 32, "height": 32, "batch_size": 1}},
+        "8": {"class_type": "KSampler", "inputs": {
+            "model": ["1", 0], "positive": ["6", 0], "negative": ["6", 1], "latent_image": ["7", 0], "seed": 1,
+            "steps": 3, "cfg": 3.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        "9": {"class_type": "VAEDecode", "inputs": {"samples": ["8", 0], "vae": ["1", 2]}},
+        "10": {"class_type": "PreviewImage", "inputs": {"images": ["9", 0]}},
     }
     outputs, _ = run_prompt(prompt)
     run_dir = Path(folder_paths.get_output_directory()) / "protagonist_runs" / "loophero"
     assert (run_dir / "round_00" / "round.json").exists() and (run_dir / "summary.json").exists()
     assert (Path(folder_paths.get_folder_paths("loras")[0]) / "loophero.safetensors").exists()
     assert len(outputs["3"]["images"]) == 32
+    assert len(outputs["10"]["images"]) == 1  # its lora_hooks draw through stock nodes
