@@ -107,8 +107,9 @@ def worst_case_evaluations(settings: ChosenOneSettings) -> int:
 
 
 def identity_on_noisiest(backend: DiffusionBackend, identity: LearnedIdentity, share: float) -> LoraOnNoisiest:
-    """`identity`'s LoRA merged on the steps within the noisiest `share` of the schedule's levels."""
-    floor = lowest_sigma_of_noisiest(backend.schedule, share)
+    """`identity`'s LoRA merged on the steps within the noisiest `share` of the schedule's levels (1: every step,
+    whatever schedule the sampler uses)."""
+    floor = 0.0 if share >= 1.0 else lowest_sigma_of_noisiest(backend.schedule, share)
     return LoraOnNoisiest(backend.denoiser, identity.lora, identity.rank, identity.alpha, floor)
 
 

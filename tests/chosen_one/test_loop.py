@@ -190,3 +190,26 @@ def test_how_the_identity_draws_afterwards_changes_no_round(tiny_sdxl_backend, e
     resumed = run_chosen_one(tiny_sdxl_backend, whole, embed, tmp_path / "noisiest")
     assert [r.index for r in resumed.rounds] == [0, 1]
     assert torch.equal(round_1_proposals(tmp_path / "whole"), round_1_proposals(tmp_path / "noisiest"))
+
+
+def test_an_identity_drawn_on_every_level_draws_as_its_lora_on_every_step(tiny_sdxl_backend):
+    from protagonist.core.adapters import LoraAdapter, lora_applied
+    from protagonist.core.chosen_one.loop import identity_on_noisiest
+    from protagonist.core.chosen_one.training import LearnedIdentity, new_token
+    from protagonist.core.sampling import cfg_guidance, sample
+
+    adapter = LoraAdapter(tiny_sdxl_backend.denoiser, rank=2, alpha=2.0)
+    for parameter in adapter.parameters():
+        torch.nn.init.normal_(parameter, std=0.05, generator=torch.Generator().manual_seed(3))
+    identity = LearnedIdentity(new_token(tiny_sdxl_backend, "<x>", "blob"), adapter.state_dict(), 2, 2.0, [])
+    adapter.remove()
+    with torch.no_grad():
+        cond = tiny_sdxl_backend.encode_prompts(["a photo of a blob"])
+    sigmas = torch.tensor([14.6, 2.0, 1e-4, 0.0])  # a last step below every level of the training schedule
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    with lora_applied(tiny_sdxl_backend.denoiser, identity.lora, 2, 2.0):
+        every_step = sample(tiny_sdxl_backend, [cond], noise, 3, cfg_guidance(1.0), sigmas=sigmas)
+    with identity_on_noisiest(tiny_sdxl_backend, identity, 1.0) as lora:
+        drawn = sample(tiny_sdxl_backend, [cond], noise, 3, cfg_guidance(1.0), sigmas=sigmas,
+                       before_step=lora.before_step)
+    assert torch.equal(every_step, drawn)
