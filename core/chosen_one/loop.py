@@ -176,7 +176,8 @@ def _check_same_run(run_dir: Path, settings: ChosenOneSettings) -> None:
     if not path.exists():
         atomic_write_json(current, path)
         return
-    saved = {**LATER_SETTINGS, **json.loads(path.read_text())}
+    # a setting a resumed run may change is not compared, even where an older folder recorded it
+    saved = {k: v for k, v in {**LATER_SETTINGS, **json.loads(path.read_text())}.items() if k not in RESUMABLE_CHANGES}
     changed = [f"{k}: {saved.get(k)!r} → {current.get(k)!r}" for k in sorted(current.keys() | saved.keys())
                if saved.get(k) != current.get(k)]
     if changed:

@@ -187,6 +187,9 @@ def test_how_the_identity_draws_afterwards_changes_no_round(tiny_sdxl_backend, e
     run_chosen_one(tiny_sdxl_backend, whole, embed, tmp_path / "whole")
     run_chosen_one(tiny_sdxl_backend, _settings(training=fast_lora, proposals=four_steps, lora_noisiest_share=0.3,
                                                 max_rounds=1), embed, tmp_path / "noisiest")
+    recorded = json.loads((tmp_path / "noisiest" / "settings.json").read_text())
+    recorded["lora_noisiest_share"] = 0.3  # as a folder made while the setting still shaped the rounds holds it
+    (tmp_path / "noisiest" / "settings.json").write_text(json.dumps(recorded))
     resumed = run_chosen_one(tiny_sdxl_backend, whole, embed, tmp_path / "noisiest")
     assert [r.index for r in resumed.rounds] == [0, 1]
     assert torch.equal(round_1_proposals(tmp_path / "whole"), round_1_proposals(tmp_path / "noisiest"))
