@@ -92,6 +92,7 @@ def chosen_one_full_loop() -> Workflow:
    * `scenes`, one per line: proposals cycle through them and the training captions repeat them, so the token learns the character, not a background. Clear it for the published recipe.
    Each round is saved in `output/protagonist_runs/<name>`; queue again to resume after an interrupt.
 4. The result is applied to MODEL/CLIP; write `embedding:<name>` in any prompt. Files: `models/loras/<name>.safetensors`, `models/embeddings/<name>.safetensors`.
+5. More consistent with `fast`: connect its `lora_hooks` output to **Cond Pair Set Props** (positive and negative below) and sample the Load Checkpoint MODEL instead of the loop's: the LoRA then draws only the noisiest 83 % of the noise levels, as the benchmark does.
 Out of memory? Lower width/height to 768 or use the one-round workflow with a smaller batch_size.""")
     ckpt = sdxl_checkpoint(w)
     loop = w.add("Protagonist_ChosenOneLoop", model=ckpt[0], clip=ckpt[1], vae=ckpt[2],
