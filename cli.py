@@ -92,9 +92,9 @@ def run_chosen_one(args) -> int:
                  "converged" if result.converged else "stopped", len(result.rounds), result.kept_round,
                  settings.identity_prompt.format(settings.token_name))
     if settings.lora_noisiest_share < 1.0:
-        logging.info("draw with the LoRA on the noisiest %.0f %% of the noise levels only, as the loop did "
-                     "(in ComfyUI: Create Hook LoRA (MO), keyframes of strength 1 at 0 and 0 at %.2f, Cond Pair "
-                     "Set Props)",
+        logging.info("draw with the LoRA on the noisiest %.0f %% of the noise levels only, as the preset was "
+                     "measured (in ComfyUI: Create Hook LoRA (MO), keyframes of strength 1 at 0 and 0 at %.2f, "
+                     "Cond Pair Set Props)",
                      100 * settings.lora_noisiest_share, settings.lora_noisiest_share)
     return 0
 

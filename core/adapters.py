@@ -110,8 +110,9 @@ class LoraOnNoisiest:
     """A LoRA merged into `module` (as :func:`lora_applied`) only on the sampling steps whose sigma is at least
     `sigma_floor`; below it the base weights draw. Pass :meth:`before_step` to the sampler.
 
-    An adapter trained on the noisiest part of the schedule learns the character there; on the last steps
-    it was never trained for, it only repeats its training images' softness (sprite model, bench/results).
+    An adapter trained on the noisiest part of the schedule learns the character there; leaving the last
+    steps, which it never learnt, to the base weights drew the sprite world's characters more consistently
+    (bench/results/sprite_methods.md, session 29).
     """
 
     def __init__(self, module: torch.nn.Module, state: dict[str, torch.Tensor], rank: int, alpha: float,

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from .interface import DiffusionBackend, ProtagonistError, TokenEmbedding, missing_word_error, whole_word_pattern
-from .sampling import StepCallback, StepInfo, cfg_guidance, sample, seeded_noise
+from .sampling import StepCallback, cfg_guidance, sample, seeded_noise
 
 
 @dataclass
@@ -66,14 +66,13 @@ def generate_proposals(
     tokens: list[TokenEmbedding] | None = None,
     callback: StepCallback | None = None,
     feature_point: str | None = None,
-    before_step: Callable[[StepInfo], None] | None = None,
 ) -> Proposals:
     """`settings.count` images of `prompt`, sampled `settings.batch_size` at a time with CFG.
 
     `prompt` may instead be one prompt per image (varied scenes of one subject).
 
     With `feature_point` (e.g. "mid_block"), the input of that module at the last denoising step,
-    conditional branch only, is kept for every image. `before_step` goes to every sampling run.
+    conditional branch only, is kept for every image.
     """
     settings.check()
     if feature_point is not None and settings.guided_steps < settings.steps:
@@ -97,8 +96,7 @@ def generate_proposals(
         noise = seeded_noise(batch_seeds, backend.latent_shape(len(batch_seeds), *size))
         with _capture(backend, feature_point) as store:
             batch = sample(backend, _guided_until(settings.guided_steps, negative_cond, positive), noise,
-                           settings.steps, cfg_guidance(settings.cfg), settings.sampler, callback=callback,
-                           before_step=before_step)
+                           settings.steps, cfg_guidance(settings.cfg), settings.sampler, callback=callback)
         if feature_point is not None:
             if "features" not in store:
                 raise ProtagonistError(f"no features were captured at {feature_point!r}: the model never ran that "

@@ -186,7 +186,8 @@ class ChosenOneLoop(io.ComfyNode):
         lora_file, token_text = write_exports(result.identity, name, overwrite)
         model_out, clip_out = apply_identity(model, clip, result.identity)
         report = "\n".join(f"round {r.index}: spread {r.spread:.4f}, cluster of {len(r.chosen)}"
-                           for r in result.rounds) + f"\nconverged: {result.converged}; kept round {result.kept_round}; LoRA {lora_file}"
+                           for r in result.rounds)
+        report += f"\nconverged: {result.converged}; kept round {result.kept_round}; LoRA {lora_file}"
         last = shown[-1] if shown else torch.zeros(1, 3, 8, 8)
         hooks = lora_hooks(comfy_lora(result.identity.lora, result.identity.alpha), settings.lora_noisiest_share)
         return io.NodeOutput(model_out, clip_out, token_text, images_to_comfy(last), report, hooks)

@@ -49,7 +49,7 @@ class ChosenState:
     character: Character
     identity: LearnedIdentity | None
     subject_prompt: str
-    lora_noisiest_share: float = 1.0  # the LoRA draws on these noise levels only, as in the loop
+    lora_noisiest_share: float = 1.0  # the LoRA draws on these noise levels only (the preset's)
 
 
 def sprite_scenes() -> dict[str, Context]:

@@ -57,8 +57,9 @@ class ChosenOneSettings:
     keep_tightest: bool = False
     # How the learned identity draws once the loop is done (the benchmark, the loop node's hooks): its LoRA on
     # this share of the noise levels, noisiest first, and the base weights below. An adapter trained on the
-    # noisiest levels alone softens the details it never learnt. The loop's own proposals keep the LoRA on every
-    # step: there it changed little and did not help (bench/results, session 29). 1: every step (the paper's).
+    # noisiest levels alone drew less consistently on the last steps, which it never learnt. The loop's own
+    # proposals keep the LoRA on every step: there it changed little and did not help (bench/results, session 29).
+    # 1: every step (the paper's).
     lora_noisiest_share: float = 1.0
 
 
@@ -177,7 +178,8 @@ def _check_same_run(run_dir: Path, settings: ChosenOneSettings) -> None:
         atomic_write_json(current, path)
         return
     # a setting a resumed run may change is not compared, even where an older folder recorded it
-    saved = {k: v for k, v in {**LATER_SETTINGS, **json.loads(path.read_text())}.items() if k not in RESUMABLE_CHANGES}
+    recorded = {**LATER_SETTINGS, **json.loads(path.read_text())}
+    saved = {k: v for k, v in recorded.items() if k not in RESUMABLE_CHANGES}
     changed = [f"{k}: {saved.get(k)!r} → {current.get(k)!r}" for k in sorted(current.keys() | saved.keys())
                if saved.get(k) != current.get(k)]
     if changed:
