@@ -102,12 +102,16 @@ def test_stock_hook_keyframes_draw_a_lora_on_the_noisiest_levels_as_the_core_doe
     stock = _stock_hooked_sample(comfy_nodes, comfy_sdxl, conds, noise, steps, cfg, share)
     every_step = _stock_hooked_sample(comfy_nodes, comfy_sdxl, conds, noise, steps, cfg, None)
     exported = comfy.utils.load_torch_file(folder_paths.get_full_path("loras", "hero_lora.safetensors"), safe_load=True)
-    loop_node_hooks = pack_module("nodes.chosen_one_training").lora_hooks(exported, share)
-    from_loop_node = _stock_hooked_sample(comfy_nodes, comfy_sdxl, conds, noise, steps, cfg, None, loop_node_hooks)
+    lora_hooks = pack_module("nodes.chosen_one_training").lora_hooks
+    from_loop_node = _stock_hooked_sample(comfy_nodes, comfy_sdxl, conds, noise, steps, cfg, None,
+                                          lora_hooks(exported, share))
+    every_level = _stock_hooked_sample(comfy_nodes, comfy_sdxl, conds, noise, steps, cfg, None,
+                                       lora_hooks(exported, 1.0))  # `paper`'s
     parity = (ours - stock).abs().max()
     assert parity <= 1e-3
     assert (every_step - stock).abs().max() > 10 * parity  # the keyframe did take the LoRA out
     assert (from_loop_node - stock).abs().max() <= 1e-5  # the loop node's lora_hooks output is that chain
+    assert (every_level - every_step).abs().max() <= 1e-5
 
 
 def _recording(module, name: str, seen: list, monkeypatch):
