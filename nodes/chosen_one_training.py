@@ -100,14 +100,23 @@ class LoraTITrainer(io.ComfyNode):
                 io.String.Input("indices", default="", optional=True, force_input=True,
                                 tooltip="The cluster's indices (from K-Means Cohesive Cluster): which proposal, and "
                                         "so which scene, each image is. Without it image k is proposal k."),
+                io.Float.Input("lora_noisiest_share", default=1.0, min=0.01, max=1.0, step=0.01, optional=True,
+                               tooltip="For the lora_hooks output: the share of the noise levels, noisiest first, "
+                                       "on which the LoRA draws (1: every step; the Chosen One's fast preset "
+                                       "draws with 0.83)."),
             ],
-            outputs=[io.Model.Output(), io.Clip.Output(), io.String.Output(display_name="lora_file"),
-                     io.String.Output(display_name="token"), io.Image.Output(display_name="loss_curve")],
+            outputs=[io.Model.Output(tooltip="The model with the learned LoRA on every step."), io.Clip.Output(),
+                     io.String.Output(display_name="lora_file"), io.String.Output(display_name="token"),
+                     io.Image.Output(display_name="loss_curve"),
+                     io.Hooks.Output(display_name="lora_hooks",
+                                     tooltip="The LoRA on the noisiest lora_noisiest_share of the noise levels. "
+                                             "Connect to Cond Pair Set Props and sample the unpatched model.")],
         )
 
     @classmethod
     def execute(cls, model, clip, vae, images, name, init_word, templates, steps, batch_size, rank, alpha,
-                lora_lr, token_lr, seed, overwrite, scenes="", indices="") -> io.NodeOutput:
+                lora_lr, token_lr, seed, overwrite, scenes="", indices="",
+                lora_noisiest_share=1.0) -> io.NodeOutput:
         refuse_existing_exports(name, overwrite)
         image_scenes = scenes_for(scene_lines(scenes), proposal_indices(indices, images.shape[0]))
         settings = IdentityTraining(steps=steps, batch_size=batch_size, rank=rank, alpha=alpha, lora_lr=lora_lr,
@@ -120,7 +129,8 @@ class LoraTITrainer(io.ComfyNode):
                                       callback=TrainingProgress(steps), scenes=image_scenes)
         lora_file, token_text = write_exports(identity, name, overwrite)
         model_out, clip_out = apply_identity(model, clip, identity)
-        return io.NodeOutput(model_out, clip_out, lora_file, token_text, loss_curve_image(identity.losses))
+        hooks = lora_hooks(comfy_lora(identity.lora, identity.alpha), lora_noisiest_share)
+        return io.NodeOutput(model_out, clip_out, lora_file, token_text, loss_curve_image(identity.losses), hooks)
 
 
 class ChosenOneLoop(io.ComfyNode):

@@ -114,6 +114,27 @@ def test_stock_hook_keyframes_draw_a_lora_on_the_noisiest_levels_as_the_core_doe
     assert (every_level - every_step).abs().max() <= 1e-5
 
 
+def test_the_trainer_nodes_lora_hooks_are_the_stock_chain_on_its_exported_lora(comfy_nodes, comfy_sdxl):
+    """The LoRA + Token Trainer's lora_hooks equal Create Hook LoRA (MO) on the file it wrote, switched off by
+    stock keyframes at its `lora_noisiest_share`."""
+    share, steps, cfg = 0.5, 6, 4.0
+    images = torch.rand(4, 32, 32, 3, generator=torch.Generator().manual_seed(3))
+    trainer = pack_module("nodes.chosen_one_training").LoraTITrainer
+    out = trainer.execute(*comfy_sdxl, images, "hookhero", "blob", "a photo of {}", 4, 2, 2, 2.0, 2e-2, 5e-2, 0,
+                          True, lora_noisiest_share=share).result
+    lora_file, node_hooks = out[2], out[5]
+    backend = pack_module("nodes.comfy_backend").ComfyBackend(*comfy_sdxl)
+    with torch.no_grad():
+        conds = [backend.encode_prompts(p, image_size=(32, 32)) for p in ([""], ["a photo of embedding:hookhero"])]
+    noise = torch.randn(backend.latent_shape(1, 32, 32), generator=torch.Generator().manual_seed(4))
+    file_hooks = comfy_nodes.NODE_CLASS_MAPPINGS["CreateHookLoraModelOnly"]().create_hook_model_only(lora_file, 1.0)[0]
+    stock = _stock_hooked_sample(comfy_nodes, comfy_sdxl, conds, noise, steps, cfg, share, file_hooks)
+    every_step = _stock_hooked_sample(comfy_nodes, comfy_sdxl, conds, noise, steps, cfg, None, file_hooks)
+    from_node = _stock_hooked_sample(comfy_nodes, comfy_sdxl, conds, noise, steps, cfg, None, node_hooks)
+    assert (from_node - stock).abs().max() <= 1e-5
+    assert (every_step - stock).abs().max() > 1e-3  # the share did take the LoRA out of the last steps
+
+
 def _recording(module, name: str, seen: list, monkeypatch):
     original = getattr(module, name)
 

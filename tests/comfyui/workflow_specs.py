@@ -92,7 +92,7 @@ def chosen_one_full_loop() -> Workflow:
    * `scenes`, one per line: proposals cycle through them and the training captions repeat them, so the token learns the character, not a background. Clear it for the published recipe.
    Each round is saved in `output/protagonist_runs/<name>`; queue again to resume after an interrupt.
 4. The result is applied to MODEL/CLIP; write `embedding:<name>` in any prompt. Files: `models/loras/<name>.safetensors`, `models/embeddings/<name>.safetensors`.
-5. More consistent with `fast`: connect its `lora_hooks` output to **Cond Pair Set Props** (positive and negative below) and sample the Load Checkpoint MODEL instead of the loop's: the LoRA then draws only the noisiest 83 % of the noise levels, as the benchmark does.
+5. The picture is drawn as the benchmark draws: the loop's `lora_hooks` go through **Cond Pair Set Props** onto the prompt pair, and the KSampler samples the Load Checkpoint MODEL, so with `fast` the LoRA draws only the noisiest 83 % of the noise levels (more consistent in our measurements). To keep the LoRA on every step, or to chain other model nodes after it, sample the loop's MODEL output instead.
 Out of memory? Lower width/height to 768 or use the one-round workflow with a smaller batch_size.""")
     ckpt = sdxl_checkpoint(w)
     loop = w.add("Protagonist_ChosenOneLoop", model=ckpt[0], clip=ckpt[1], vae=ckpt[2],
@@ -105,8 +105,10 @@ Out of memory? Lower width/height to 768 or use the one-round workflow with a sm
     w.add("PreviewAny", source=loop[4])
     positive = w.add("CLIPTextEncode", clip=loop[1], text="a photo of embedding:hero man walking in the snow")
     negative = w.add("CLIPTextEncode", clip=loop[1], text=NEGATIVE)
+    gated = w.add("PairConditioningSetProperties", positive_NEW=positive[0], negative_NEW=negative[0], strength=1.0,
+                  set_cond_area="default", hooks=loop[5])
     latent = w.add("EmptyLatentImage", width=1024, height=1024, batch_size=1)
-    sampler = w.add("KSampler", model=loop[0], positive=positive[0], negative=negative[0], latent_image=latent[0],
+    sampler = w.add("KSampler", model=ckpt[0], positive=gated[0], negative=gated[1], latent_image=latent[0],
                     seed=1, control_after_generate="fixed", steps=30, cfg=7.5, sampler_name="dpmpp_2m",
                     scheduler="karras", denoise=1.0)
     decode = w.add("VAEDecode", samples=sampler[0], vae=ckpt[2])
