@@ -216,3 +216,19 @@ def test_an_identity_drawn_on_every_level_draws_as_its_lora_on_every_step(tiny_s
         drawn = sample(tiny_sdxl_backend, [cond], noise, 3, cfg_guidance(1.0), sigmas=sigmas,
                        before_step=lora.before_step)
     assert torch.equal(every_step, drawn)
+
+
+def test_a_round_starts_from_the_base_model_unless_warm_started(tiny_sdxl_backend):
+    """`fast` trains each round afresh, as `paper` does: nothing of the previous round's identity carries over.
+    With `warm_start` the round continues the previous identity's LoRA and token instead."""
+    from protagonist.core.chosen_one.loop import _train
+
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    settings = _settings(training=IdentityTraining(steps=2, batch_size=2, lora_lr=1e-2, token_lr=1e-2))
+    previous = _train(tiny_sdxl_backend, settings, images, None, None, 0)
+    fresh = _train(tiny_sdxl_backend, settings, images, None, None, 1)
+    cold = _train(tiny_sdxl_backend, settings, images, None, previous, 1)
+    warm = _train(tiny_sdxl_backend, _settings(training=settings.training, warm_start=True), images, None, previous, 1)
+    assert all(torch.equal(cold.lora[k], fresh.lora[k]) for k in fresh.lora)
+    assert all(torch.equal(cold.token.vectors[k], fresh.token.vectors[k]) for k in fresh.token.vectors)
+    assert max((warm.lora[k] - fresh.lora[k]).abs().max() for k in fresh.lora) > 1e-4
