@@ -18,14 +18,14 @@ def preset(name: str, prompt: str, init_word: str, identity_prompt: str = "a pho
     one token per encoder trained 500 steps at batch 1, lr 3e-5, restarted from the base model every
     round, at most 5 rounds, stop below 0.7× the first round's spread.
 
-    `fast`: 32 proposals of 20 steps, guided (CFG) for the first two thirds of them and drawn from the
-    conditional prediction alone after that, K=3 clusters of at least 6, 150 training steps at batch 4,
-    each round from the base model as in `paper` (continuing the previous round's identity carried its
-    mixed clusters along: 70.9 % consistency against 77.4 % over 96 sprite-world characters), at most 3 rounds, noise
-    levels drawn from the noisiest half of the schedule only (where a character's identity is decided). From round 1 the
-    chosen cluster also takes in the images within 1.5× its radius, and the loop returns the round whose
-    identity drew the least spread proposals, not the last. The learned identity then draws with its LoRA
-    on the noisiest 83 % of the noise levels only (sigma ≥ 0.5 on SDXL's schedule), the base weights below.
+    `fast`: 32 proposals of 20 steps, guided (CFG) for the first two thirds of them and drawn from the conditional
+    prediction alone after that, K=3 clusters of at least 6, 150 training steps at batch 4, each round from the base
+    model as in `paper` (continuing the previous round's identity carried its mixed clusters along: 70.9 %
+    consistency against 77.4 % over 96 sprite-world characters), at most 3 rounds, noise levels drawn from the
+    noisiest half of the schedule only (where a character's identity is decided). From round 1 the chosen cluster
+    also takes in the images within 1.5× its radius, and the loop returns the round whose identity drew the least
+    spread proposals, not the last. The learned identity then draws with its LoRA on the noisiest 83 % of the noise
+    levels only (sigma ≥ 0.5 on SDXL's schedule), the base weights below.
     """
     height, width = size
     if name == "paper":

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 from protagonist.core.chosen_one.identity_file import export_for_comfyui, load_identity
-from protagonist.core.chosen_one.loop import ChosenOneSettings, run_chosen_one
+from protagonist.core.chosen_one.loop import ChosenOneSettings, _train, run_chosen_one
 from protagonist.core.chosen_one.training import IdentityTraining
 from protagonist.core.embedding import embed_images
 from protagonist.core.interface import ProtagonistError
@@ -221,8 +221,6 @@ def test_an_identity_drawn_on_every_level_draws_as_its_lora_on_every_step(tiny_s
 def test_a_round_starts_from_the_base_model_unless_warm_started(tiny_sdxl_backend):
     """`fast` trains each round afresh, as `paper` does: nothing of the previous round's identity carries over.
     With `warm_start` the round continues the previous identity's LoRA and token instead."""
-    from protagonist.core.chosen_one.loop import _train
-
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     settings = _settings(training=IdentityTraining(steps=2, batch_size=2, lora_lr=1e-2, token_lr=1e-2))
     previous = _train(tiny_sdxl_backend, settings, images, None, None, 0)
