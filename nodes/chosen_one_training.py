@@ -24,10 +24,13 @@ from .model_folders import output_file, run_directory
 from .progress import SamplingProgress, TrainingProgress
 
 
-def apply_identity(model, clip, identity):
-    """MODEL/CLIP clones with the identity's LoRA, through ComfyUI's own LoRA patching."""
+def identity_outputs(model, clip, identity, name: str, overwrite: bool, noisiest_share: float):
+    """What both trainer nodes return after training: the exported files' names, MODEL/CLIP clones with the LoRA
+    (ComfyUI's own patching, every step) and the LoRA as hooks on the noisiest `noisiest_share` of the levels."""
+    lora_file, token_text = write_exports(identity, name, overwrite)
     lora = comfy_lora(identity.lora, identity.alpha)
-    return comfy.sd.load_lora_for_models(model, clip, lora, 1.0, 0.0)
+    model_out, clip_out = comfy.sd.load_lora_for_models(model, clip, lora, 1.0, 0.0)
+    return model_out, clip_out, lora_file, token_text, lora_hooks(lora, noisiest_share)
 
 
 def lora_hooks(lora: dict[str, torch.Tensor], noisiest_share: float):
@@ -127,9 +130,8 @@ class LoraTITrainer(io.ComfyNode):
             token = new_token(backend, f"<{name}>", init_word)
             identity = train_identity(backend, images_to_core(images).clone(), token, settings,
                                       callback=TrainingProgress(steps), scenes=image_scenes)
-        lora_file, token_text = write_exports(identity, name, overwrite)
-        model_out, clip_out = apply_identity(model, clip, identity)
-        hooks = lora_hooks(comfy_lora(identity.lora, identity.alpha), lora_noisiest_share)
+        model_out, clip_out, lora_file, token_text, hooks = identity_outputs(model, clip, identity, name, overwrite,
+                                                                             lora_noisiest_share)
         return io.NodeOutput(model_out, clip_out, lora_file, token_text, loss_curve_image(identity.losses), hooks)
 
 
@@ -193,11 +195,10 @@ class ChosenOneLoop(io.ComfyNode):
         if result.identity is None:
             raise RuntimeError("no round completed; see the log for why")
         save_identity(result.identity, output_file("protagonist", f"{name}.safetensors", True), "sdxl", init_word)
-        lora_file, token_text = write_exports(result.identity, name, overwrite)
-        model_out, clip_out = apply_identity(model, clip, result.identity)
+        model_out, clip_out, lora_file, token_text, hooks = identity_outputs(
+            model, clip, result.identity, name, overwrite, settings.lora_noisiest_share)
         report = "\n".join(f"round {r.index}: spread {r.spread:.4f}, cluster of {len(r.chosen)}"
                            for r in result.rounds)
         report += f"\nconverged: {result.converged}; kept round {result.kept_round}; LoRA {lora_file}"
         last = shown[-1] if shown else torch.zeros(1, 3, 8, 8)
-        hooks = lora_hooks(comfy_lora(result.identity.lora, result.identity.alpha), settings.lora_noisiest_share)
         return io.NodeOutput(model_out, clip_out, token_text, images_to_comfy(last), report, hooks)
