@@ -61,6 +61,13 @@ class ChosenOneSettings:
     # proposals keep the LoRA on every step: there it changed little and did not help (bench/results, session 29).
     # 1: every step (the paper's).
     lora_noisiest_share: float = 1.0
+    # After the round limit the loop draws one more set of proposals only to measure the last identity's spread
+    # (for `keep_tightest` and the summary): this many (None: `proposals.count`). The mean pairwise distance of a
+    # smaller set estimates the same spread, for fewer evaluations.
+    last_check_count: int | None = None
+    # Training steps of round 0 alone (None: `training.steps`): its cluster, of the base model's proposals, mixes
+    # characters, and its identity need only steer the next proposals towards them.
+    first_round_training_steps: int | None = None
 
 
 @dataclass
@@ -94,16 +101,30 @@ def _completed_rounds(run_dir: Path) -> list[RoundResult]:
     return rounds
 
 
+def _proposal_count(settings: ChosenOneSettings, index: int) -> int:
+    if index == settings.max_rounds and settings.last_check_count is not None:
+        return settings.last_check_count
+    return settings.proposals.count
+
+
+def _training_steps(settings: ChosenOneSettings, index: int) -> int:
+    if index == 0 and settings.first_round_training_steps is not None:
+        return settings.first_round_training_steps
+    return settings.training.steps
+
+
 def proposal_batches(settings: ChosenOneSettings) -> int:
     """Sampling runs of a loop that goes to its round limit (for progress bars)."""
-    return (settings.max_rounds + 1) * -(-settings.proposals.count // settings.proposals.batch_size)
+    return sum(-(-_proposal_count(settings, index) // settings.proposals.batch_size)
+               for index in range(settings.max_rounds + 1))
 
 
 def worst_case_evaluations(settings: ChosenOneSettings) -> int:
     """Denoiser evaluations of a loop that runs to its round limit: every round's proposals (conditional and
     unconditional pass on each guided step) and every training step's batch."""
-    proposals = (settings.max_rounds + 1) * settings.proposals.count
-    training = settings.max_rounds * settings.training.steps * settings.training.batch_size
+    proposals = sum(_proposal_count(settings, index) for index in range(settings.max_rounds + 1))
+    steps = sum(_training_steps(settings, index) for index in range(settings.max_rounds))
+    training = steps * settings.training.batch_size
     return proposals * settings.proposals.evaluations_per_image() + training
 
 
@@ -115,7 +136,7 @@ def identity_on_noisiest(backend: DiffusionBackend, identity: LearnedIdentity, s
 
 
 def _propose(backend, settings: ChosenOneSettings, identity, index: int, callback):
-    proposal = ProposalSettings(**{**asdict(settings.proposals),
+    proposal = ProposalSettings(**{**asdict(settings.proposals), "count": _proposal_count(settings, index),
                                    "seed": settings.proposals.seed + index * settings.proposals.count})
     prompt = settings.prompt if identity is None else settings.identity_prompt.format(identity.token.name)
     prompts = scene_prompts(prompt, settings.scenes, proposal.count)
@@ -130,7 +151,8 @@ def _train(backend, settings: ChosenOneSettings, images, scenes, previous: Learn
            callback=None):
     """A fresh identity from the base model, or (warm start) one that continues the previous round's."""
     token = new_token(backend, settings.token_name, settings.init_word)
-    training = IdentityTraining(**{**asdict(settings.training), "seed": settings.training.seed + index})
+    training = IdentityTraining(**{**asdict(settings.training), "seed": settings.training.seed + index,
+                                   "steps": _training_steps(settings, index)})
     initial_lora = None
     if settings.warm_start and previous is not None:
         token.vectors = {k: v.clone().requires_grad_(True) for k, v in previous.token.vectors.items()}
@@ -154,9 +176,9 @@ def _save_round(directory: Path, proposals, embeddings, choice, identity, spread
 # Settings a resumed run may change: they decide when the loop stops, which round it returns and how that round's
 # identity draws, or how many proposals share a batch (each image has its own seed), not what the rounds hold.
 RESUMABLE_CHANGES = frozenset({"max_rounds", "convergence_ratio", "convergence_threshold", "keep_tightest",
-                               "lora_noisiest_share", "proposals.batch_size"})
+                               "lora_noisiest_share", "last_check_count", "proposals.batch_size"})
 # Settings added after run folders were already being made, with the value that gave the behaviour before them.
-LATER_SETTINGS = {"proposals.cfg_end": 1.0}
+LATER_SETTINGS = {"proposals.cfg_end": 1.0, "first_round_training_steps": None}
 
 
 def _round_settings(settings: ChosenOneSettings) -> dict:
@@ -193,6 +215,18 @@ def _threshold(settings: ChosenOneSettings, first_spread: float) -> float:
     return settings.convergence_ratio * first_spread
 
 
+def _check_settings(settings: ChosenOneSettings) -> None:
+    check_cluster_settings(settings.proposals.count, settings.clusters, settings.min_cluster_size)
+    if not 0.0 < settings.lora_noisiest_share <= 1.0:
+        raise ProtagonistError("`lora_noisiest_share` is the share of the noise levels, noisiest first, on which the "
+                               f"learned LoRA draws: from above 0 to 1 (every step); got "
+                               f"{settings.lora_noisiest_share}")
+    if settings.last_check_count is not None and settings.last_check_count < 2:
+        raise ProtagonistError("`last_check_count` proposals measure the last identity's spread, a mean distance "
+                               f"between pairs: give at least 2 (or none for `proposals.count`); got "
+                               f"{settings.last_check_count}")
+
+
 def run_chosen_one(backend: DiffusionBackend, settings: ChosenOneSettings, embed: Embedder,
                    run_dir: str | Path, callback=None, sample_callback=None, train_callback=None) -> ChosenOneResult:
     """Run (or resume) the loop in `run_dir`.
@@ -201,11 +235,7 @@ def run_chosen_one(backend: DiffusionBackend, settings: ChosenOneSettings, embed
     every sampling step and `train_callback(step, loss)` after every training step (any may raise to
     interrupt: completed rounds stay on disk).
     """
-    check_cluster_settings(settings.proposals.count, settings.clusters, settings.min_cluster_size)
-    if not 0.0 < settings.lora_noisiest_share <= 1.0:
-        raise ProtagonistError("`lora_noisiest_share` is the share of the noise levels, noisiest first, on which the "
-                               f"learned LoRA draws: from above 0 to 1 (every step); got "
-                               f"{settings.lora_noisiest_share}")
+    _check_settings(settings)
     new_token(backend, settings.token_name, settings.init_word)  # fail early on a bad initialiser
     run_dir = Path(run_dir)
     _check_same_run(run_dir, settings)

@@ -80,7 +80,45 @@ def test_bad_settings_fail_before_any_work(tiny_sdxl_backend, embed, tmp_path):
         run_chosen_one(tiny_sdxl_backend, _settings(init_word="red blob"), embed, tmp_path)
     with pytest.raises(ProtagonistError, match="`lora_noisiest_share`.*got 1.5"):
         run_chosen_one(tiny_sdxl_backend, _settings(lora_noisiest_share=1.5), embed, tmp_path)
+    with pytest.raises(ProtagonistError, match="`last_check_count`.*at least 2.*got 1"):
+        run_chosen_one(tiny_sdxl_backend, _settings(last_check_count=1), embed, tmp_path)
     assert not any(tmp_path.iterdir())
+
+
+def test_the_set_after_the_last_round_only_measures_its_spread_with_fewer_proposals(tiny_sdxl_backend, embed,
+                                                                                  tmp_path):
+    def record(index, stage, images):
+        drawn.append(images)
+
+    def final_spread(run_dir):
+        return json.loads((run_dir / "summary.json").read_text())["final_spread"]
+
+    drawn = []
+    full = run_chosen_one(tiny_sdxl_backend, _settings(), embed, tmp_path / "full", callback=record)
+    full_check = drawn[-1]
+    drawn.clear()
+    spread = final_spread(tmp_path / "full")
+    resumed = run_chosen_one(tiny_sdxl_backend, _settings(last_check_count=3), embed, tmp_path / "full",
+                             callback=record)
+    assert [len(images) for images in drawn] == [3]  # the rounds are kept; only the check after them is redrawn
+    assert torch.equal(drawn[0], full_check[:3])  # each proposal from its own seed
+    assert resumed.rounds == full.rounds and final_spread(tmp_path / "full") != spread
+    drawn.clear()
+    run_chosen_one(tiny_sdxl_backend, _settings(last_check_count=3), embed, tmp_path / "small", callback=record)
+    assert [len(images) for images in drawn] == [6, 6, 3]
+
+
+def test_round_0_may_train_for_fewer_steps_than_later_rounds(tiny_sdxl_backend, embed, tmp_path):
+    def record(step, loss):
+        steps[-1] += 1
+
+    def new_round(index, stage, images):
+        steps.append(0)
+
+    steps = []
+    run_chosen_one(tiny_sdxl_backend, _settings(first_round_training_steps=1, max_rounds=3), embed, tmp_path,
+                   callback=new_round, train_callback=record)
+    assert steps == [1, 2, 2, 0]  # the check after the last round trains nothing
 
 
 def test_identity_file_and_comfyui_exports(tiny_sdxl_backend, embed, tmp_path):
