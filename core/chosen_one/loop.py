@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from ..adapters import LoraOnNoisiest, lora_applied
 from ..checkpoint import atomic_save_tensors, atomic_write_json
 from ..interface import DiffusionBackend, ProtagonistError
-from ..proposals import ProposalSettings, generate_proposals, scene_prompts, scenes_for
+from ..proposals import ProposalSettings, generate_proposals, scenes_for, with_scene
 from ..training import TrainingDiverged, lowest_sigma_of_noisiest
 from .clustering import check_cluster_settings, mean_pairwise_distance, most_cohesive_cluster
 from .identity_file import load_identity, save_identity
@@ -65,6 +65,10 @@ class ChosenOneSettings:
     # (for `keep_tightest` and the summary): this many (None: `proposals.count`). The mean pairwise distance of a
     # smaller set estimates the same spread, for fewer evaluations.
     last_check_count: int | None = None
+    # ... and when that estimate lies within this share of the spread an earlier identity drew (keep_tightest's
+    # competitor), the rest of the `proposals.count` are drawn too and decide: the full check's choice, where it is
+    # close, for the smaller check's cost where it is not. None: the smaller check alone decides.
+    last_check_margin: float | None = None
     # Training steps of round 0 alone (None: `training.steps`): its cluster, of the base model's proposals, mixes
     # characters, and its identity need only steer the next proposals towards them.
     first_round_training_steps: int | None = None
@@ -113,16 +117,21 @@ def _training_steps(settings: ChosenOneSettings, index: int) -> int:
     return settings.training.steps
 
 
+def _most_proposals(settings: ChosenOneSettings, index: int) -> int:
+    """Round `index`'s proposals at most: the check after the last round may draw the rest of a full set."""
+    return settings.proposals.count if settings.last_check_margin is not None else _proposal_count(settings, index)
+
+
 def proposal_batches(settings: ChosenOneSettings) -> int:
     """Sampling runs of a loop that goes to its round limit (for progress bars)."""
-    return sum(-(-_proposal_count(settings, index) // settings.proposals.batch_size)
+    return sum(-(-_most_proposals(settings, index) // settings.proposals.batch_size)
                for index in range(settings.max_rounds + 1))
 
 
 def worst_case_evaluations(settings: ChosenOneSettings) -> int:
     """Denoiser evaluations of a loop that runs to its round limit: every round's proposals (conditional and
     unconditional pass on each guided step) and every training step's batch."""
-    proposals = sum(_proposal_count(settings, index) for index in range(settings.max_rounds + 1))
+    proposals = sum(_most_proposals(settings, index) for index in range(settings.max_rounds + 1))
     steps = sum(_training_steps(settings, index) for index in range(settings.max_rounds))
     training = steps * settings.training.batch_size
     return proposals * settings.proposals.evaluations_per_image() + training
@@ -135,11 +144,14 @@ def identity_on_noisiest(backend: DiffusionBackend, identity: LearnedIdentity, s
     return LoraOnNoisiest(backend.denoiser, identity.lora, identity.rank, identity.alpha, floor)
 
 
-def _propose(backend, settings: ChosenOneSettings, identity, index: int, callback):
-    proposal = ProposalSettings(**{**asdict(settings.proposals), "count": _proposal_count(settings, index),
-                                   "seed": settings.proposals.seed + index * settings.proposals.count})
+def _propose(backend, settings: ChosenOneSettings, identity, index: int, callback, first: int = 0,
+             count: int | None = None):
+    """Round `index`'s proposals `first` to `first + count` (each from its own seed and scene)."""
+    count = _proposal_count(settings, index) if count is None else count
+    proposal = ProposalSettings(**{**asdict(settings.proposals), "count": count,
+                                   "seed": settings.proposals.seed + index * settings.proposals.count + first})
     prompt = settings.prompt if identity is None else settings.identity_prompt.format(identity.token.name)
-    prompts = scene_prompts(prompt, settings.scenes, proposal.count)
+    prompts = [with_scene(prompt, scene) for scene in scenes_for(settings.scenes, range(first, first + count))]
     if identity is None:
         return generate_proposals(backend, prompts, settings.negative, proposal, callback=callback)
     with lora_applied(backend.denoiser, identity.lora, identity.rank, identity.alpha):
@@ -176,7 +188,8 @@ def _save_round(directory: Path, proposals, embeddings, choice, identity, spread
 # Settings a resumed run may change: they decide when the loop stops, which round it returns and how that round's
 # identity draws, or how many proposals share a batch (each image has its own seed), not what the rounds hold.
 RESUMABLE_CHANGES = frozenset({"max_rounds", "convergence_ratio", "convergence_threshold", "keep_tightest",
-                               "lora_noisiest_share", "last_check_count", "proposals.batch_size"})
+                               "lora_noisiest_share", "last_check_count", "last_check_margin",
+                               "proposals.batch_size"})
 # Settings added after run folders were already being made, with the value that gave the behaviour before them.
 LATER_SETTINGS = {"proposals.cfg_end": 1.0, "first_round_training_steps": None}
 
@@ -225,6 +238,9 @@ def _check_settings(settings: ChosenOneSettings) -> None:
         raise ProtagonistError("`last_check_count` proposals measure the last identity's spread, a mean distance "
                                f"between pairs: give at least 2 (or none for `proposals.count`); got "
                                f"{settings.last_check_count}")
+    if settings.last_check_margin is not None and settings.last_check_margin < 0:
+        raise ProtagonistError("`last_check_margin` is a share of an earlier identity's spread, 0 or more (or none "
+                               f"to let the smaller check decide alone); got {settings.last_check_margin}")
 
 
 def run_chosen_one(backend: DiffusionBackend, settings: ChosenOneSettings, embed: Embedder,
@@ -246,10 +262,14 @@ def run_chosen_one(backend: DiffusionBackend, settings: ChosenOneSettings, embed
     spread = None  # of the latest proposals: the summary reports it whether or not the loop converged
     for index in range(len(rounds), settings.max_rounds + 1):
         proposals = _propose(backend, settings, identity, index, sample_callback)
-        embeddings = embed(proposals.images)
+        images, embeddings = proposals.images, embed(proposals.images)
+        if _check_undecided(settings, rounds, index, embeddings):
+            rest = _propose(backend, settings, identity, index, sample_callback, first=len(images),
+                            count=settings.proposals.count - len(images))
+            images, embeddings = torch.cat([images, rest.images]), torch.cat([embeddings, embed(rest.images)])
         spread = mean_pairwise_distance(embeddings, settings.metric)
         if callback is not None:
-            callback(index, "proposals", proposals.images)
+            callback(index, "proposals", images)
         if rounds and spread < _threshold(settings, rounds[0].spread):
             return _finish(run_dir, settings, rounds, identity, spread, converged=True)
         if index == settings.max_rounds:
@@ -267,6 +287,16 @@ def run_chosen_one(backend: DiffusionBackend, settings: ChosenOneSettings, embed
         rounds.append(_save_round(_round_dir(run_dir, index), proposals, embeddings, choice, identity, spread,
                                   backend.family, settings.init_word))
     return _finish(run_dir, settings, rounds, identity, spread, converged=False)
+
+
+def _check_undecided(settings: ChosenOneSettings, rounds: list[RoundResult], index: int, embeddings) -> bool:
+    """Whether the smaller check after the last round lies too near an earlier identity's spread to decide."""
+    if (index != settings.max_rounds or settings.last_check_margin is None or not settings.keep_tightest
+            or len(rounds) < 2 or len(embeddings) >= settings.proposals.count):
+        return False
+    competitor = min(r.spread for r in rounds[1:])
+    estimate = mean_pairwise_distance(embeddings, settings.metric)
+    return abs(estimate - competitor) <= settings.last_check_margin * competitor
 
 
 def tightest_round(rounds: list[RoundResult], final_spread: float) -> int:

@@ -108,6 +108,31 @@ def test_the_set_after_the_last_round_only_measures_its_spread_with_fewer_propos
     assert [len(images) for images in drawn] == [6, 6, 3]
 
 
+@pytest.mark.parametrize("margin, drawn_in_check", [(1e9, 6), (0.0, 3)])
+def test_a_check_too_close_to_call_draws_the_rest_of_the_full_set(tiny_sdxl_backend, embed, tmp_path, margin,
+                                                                 drawn_in_check):
+    def record(index, stage, images):
+        drawn.append(images)
+
+    def summary(run_dir):
+        return json.loads((run_dir / "summary.json").read_text())
+
+    drawn = []
+    settings = _settings(max_rounds=3, keep_tightest=True)
+    run_chosen_one(tiny_sdxl_backend, settings, embed, tmp_path / "full", callback=record)
+    full_check, full = drawn[-1], summary(tmp_path / "full")
+    drawn.clear()
+    settings.last_check_count, settings.last_check_margin = 3, margin
+    run_chosen_one(tiny_sdxl_backend, settings, embed, tmp_path / "full", callback=record)
+    assert len(drawn) == 1 and torch.equal(drawn[0], full_check[:drawn_in_check])
+    checked = summary(tmp_path / "full")
+    if drawn_in_check == 6:  # the full check's spread, and so its choice of round
+        assert checked["final_spread"] == pytest.approx(full["final_spread"], rel=1e-5)
+        assert checked["kept_round"] == full["kept_round"]
+    else:
+        assert checked["final_spread"] != pytest.approx(full["final_spread"], rel=1e-5)
+
+
 def test_round_0_may_train_for_fewer_steps_than_later_rounds(tiny_sdxl_backend, embed, tmp_path):
     def record(step, loss):
         steps[-1] += 1
