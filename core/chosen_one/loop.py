@@ -296,7 +296,11 @@ def _check_undecided(settings: ChosenOneSettings, rounds: list[RoundResult], ind
         return False
     competitor = min(r.spread for r in rounds[1:])
     estimate = mean_pairwise_distance(embeddings, settings.metric)
-    return abs(estimate - competitor) <= settings.last_check_margin * competitor
+    undecided = abs(estimate - competitor) <= settings.last_check_margin * competitor
+    if undecided:
+        log.info("the last identity's %d proposals spread %.4g, near an earlier identity's %.4g: drawing the other %d",
+                 len(embeddings), estimate, competitor, settings.proposals.count - len(embeddings))
+    return undecided
 
 
 def tightest_round(rounds: list[RoundResult], final_spread: float) -> int:
