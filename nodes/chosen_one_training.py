@@ -169,7 +169,10 @@ class ChosenOneLoop(io.ComfyNode):
             outputs=[io.Model.Output(tooltip="The model with the learned LoRA on every step, for any downstream "
                                              "node."),
                      io.Clip.Output(), io.String.Output(display_name="token"),
-                     io.Image.Output(display_name="last_proposals"), io.String.Output(display_name="report"),
+                     io.Image.Output(display_name="last_proposals",
+                                     tooltip="The last proposals drawn: those that measured the last round's "
+                                             "identity (fast: 16, or 32 where 16 could not decide)."),
+                     io.String.Output(display_name="report"),
                      io.Hooks.Output(display_name="lora_hooks",
                                      tooltip="The LoRA on the noise levels the preset draws its result with (fast: "
                                              "the noisiest 83 %, then the base weights; paper: every step). Connect "

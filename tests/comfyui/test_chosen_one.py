@@ -217,5 +217,5 @@ def test_the_whole_loop_node_runs_in_the_executor(comfy_nodes, comfy_sdxl):
     run_dir = Path(folder_paths.get_output_directory()) / "protagonist_runs" / "loophero"
     assert (run_dir / "round_00" / "round.json").exists() and (run_dir / "summary.json").exists()
     assert (Path(folder_paths.get_folder_paths("loras")[0]) / "loophero.safetensors").exists()
-    assert len(outputs["3"]["images"]) == 32
+    assert len(outputs["3"]["images"]) in (16, 32)  # fast's check after the last round: 32 where 16 are too close
     assert len(outputs["10"]["images"]) == 1  # its lora_hooks draw through stock nodes
