@@ -131,9 +131,10 @@ def prompt_template(prompt: str, base_word: str) -> str:
     return template
 
 
-def scene_prompts(prompt: str, scenes: Sequence[str], count: int) -> list[str]:
-    """The prompts of `count` proposals: proposal i ends with scenes[i mod len(scenes)] (no scenes: `prompt`)."""
-    return [with_scene(prompt, scene) for scene in scenes_for(scenes, range(count))]
+def scene_prompts(prompt: str, scenes: Sequence[str], count: int, first: int = 0) -> list[str]:
+    """The prompts of proposals `first` to `first + count`: proposal i ends with scenes[i mod len(scenes)] (no
+    scenes: `prompt`)."""
+    return [with_scene(prompt, scene) for scene in scenes_for(scenes, range(first, first + count))]
 
 
 def scene_lines(text: str) -> tuple[str, ...]:

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from ..adapters import LoraOnNoisiest, lora_applied
 from ..checkpoint import atomic_save_tensors, atomic_write_json
 from ..interface import DiffusionBackend, ProtagonistError
-from ..proposals import ProposalSettings, generate_proposals, scenes_for, with_scene
+from ..proposals import ProposalSettings, generate_proposals, scene_prompts, scenes_for
 from ..training import TrainingDiverged, lowest_sigma_of_noisiest
 from .clustering import check_cluster_settings, mean_pairwise_distance, most_cohesive_cluster
 from .identity_file import load_identity, save_identity
@@ -151,7 +151,7 @@ def _propose(backend, settings: ChosenOneSettings, identity, index: int, callbac
     proposal = ProposalSettings(**{**asdict(settings.proposals), "count": count,
                                    "seed": settings.proposals.seed + index * settings.proposals.count + first})
     prompt = settings.prompt if identity is None else settings.identity_prompt.format(identity.token.name)
-    prompts = [with_scene(prompt, scene) for scene in scenes_for(settings.scenes, range(first, first + count))]
+    prompts = scene_prompts(prompt, settings.scenes, count, first)
     if identity is None:
         return generate_proposals(backend, prompts, settings.negative, proposal, callback=callback)
     with lora_applied(backend.denoiser, identity.lora, identity.rank, identity.alpha):
