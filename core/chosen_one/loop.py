@@ -263,11 +263,12 @@ def run_chosen_one(backend: DiffusionBackend, settings: ChosenOneSettings, embed
     for index in range(len(rounds), settings.max_rounds + 1):
         proposals = _propose(backend, settings, identity, index, sample_callback)
         images, embeddings = proposals.images, embed(proposals.images)
-        if _check_undecided(settings, rounds, index, embeddings):
+        spread = mean_pairwise_distance(embeddings, settings.metric)
+        if _check_undecided(settings, rounds, index, spread, len(images)):
             rest = _propose(backend, settings, identity, index, sample_callback, first=len(images),
                             count=settings.proposals.count - len(images))
             images, embeddings = torch.cat([images, rest.images]), torch.cat([embeddings, embed(rest.images)])
-        spread = mean_pairwise_distance(embeddings, settings.metric)
+            spread = mean_pairwise_distance(embeddings, settings.metric)
         if callback is not None:
             callback(index, "proposals", images)
         if rounds and spread < _threshold(settings, rounds[0].spread):
@@ -289,17 +290,18 @@ def run_chosen_one(backend: DiffusionBackend, settings: ChosenOneSettings, embed
     return _finish(run_dir, settings, rounds, identity, spread, converged=False)
 
 
-def _check_undecided(settings: ChosenOneSettings, rounds: list[RoundResult], index: int, embeddings) -> bool:
-    """Whether the smaller check after the last round lies too near an earlier identity's spread to decide."""
+def _check_undecided(settings: ChosenOneSettings, rounds: list[RoundResult], index: int, estimate: float,
+                     drawn: int) -> bool:
+    """Whether the smaller check after the last round (`drawn` proposals, spread `estimate`) lies too near an
+    earlier identity's spread to decide."""
     if (index != settings.max_rounds or settings.last_check_margin is None or not settings.keep_tightest
-            or len(rounds) < 2 or len(embeddings) >= settings.proposals.count):
+            or len(rounds) < 2 or drawn >= settings.proposals.count):
         return False
     competitor = min(r.spread for r in rounds[1:])
-    estimate = mean_pairwise_distance(embeddings, settings.metric)
     undecided = abs(estimate - competitor) <= settings.last_check_margin * competitor
     if undecided:
         log.info("the last identity's %d proposals spread %.4g, near an earlier identity's %.4g: drawing the other %d",
-                 len(embeddings), estimate, competitor, settings.proposals.count - len(embeddings))
+                 drawn, estimate, competitor, settings.proposals.count - drawn)
     return undecided
 
 

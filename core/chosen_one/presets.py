@@ -26,8 +26,8 @@ def preset(name: str, prompt: str, init_word: str, identity_prompt: str = "a pho
     also takes in the images within 1.5× its radius, and the loop returns the round whose identity drew the least
     spread proposals, not the last; after the last round, 16 proposals rather than 32 measure that spread, and the
     other 16 only where the estimate lies within 10 % of an earlier identity's (the 16-proposal estimate strays
-    7.5 % from the 32-proposal one, s.d. over 84 sprite-world characters; so the check decides as a full one
-    would, for half its evaluations mostly). The learned identity then draws with its LoRA on the noisiest 83 % of
+    7.5 % from the 32-proposal one, s.d. over 84 sprite-world characters; so the check mostly costs half a full
+    one and decides as a full one would). The learned identity then draws with its LoRA on the noisiest 83 % of
     the noise levels only (sigma ≥ 0.5 on SDXL's schedule), the base weights below.
     """
     height, width = size
@@ -46,8 +46,7 @@ def preset(name: str, prompt: str, init_word: str, identity_prompt: str = "a pho
             clusters=3, min_cluster_size=6,
             training=IdentityTraining(steps=150, batch_size=4, seed=seed, noisiest_share=0.5),
             max_rounds=3, convergence_ratio=0.7, warm_start=False, cluster_expansion=1.5, keep_tightest=True,
-            lora_noisiest_share=0.83, last_check_count=16,
-            last_check_margin=0.1)
+            lora_noisiest_share=0.83, last_check_count=16, last_check_margin=0.1)
     else:
         raise ProtagonistError(f"unknown preset {name!r}; choose one of {PRESETS}")
     return replace(settings, **overrides)
