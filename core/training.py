@@ -39,15 +39,34 @@ def _noisiest_levels(schedule, share: float) -> torch.Tensor:
 
 def denoising_error(backend: DiffusionBackend, latents: torch.Tensor, cond: Conditioning,
                     generator: torch.Generator, noisiest_share: float = 1.0,
-                    noise_scale: torch.Tensor | None = None) -> torch.Tensor:
+                    noise_scale: torch.Tensor | None = None, min_snr: float | None = None) -> torch.Tensor:
     """Elementwise squared error of the network's native output against its training target.
 
     Noise levels are drawn as the family was trained, or with `noisiest_share` < 1 from the noisiest
     part of the schedule only (:func:`noisiest_sigmas`). `noise_scale` (broadcast against the latents)
     noises some positions less than the level the network is told, e.g. a grid panel held almost clean.
+    `min_snr` weights each sample by :func:`min_snr_weights`.
     """
     sigma, noise = draw_noise(backend, latents, generator, noisiest_share)
-    return error_at(backend, latents, cond, sigma, noise, noise_scale)
+    error = error_at(backend, latents, cond, sigma, noise, noise_scale)
+    if min_snr is None:
+        return error
+    return error * min_snr_weights(backend.schedule, sigma, min_snr).reshape(-1, *[1] * (error.dim() - 1))
+
+
+def min_snr_weights(schedule, sigma: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-γ loss weights (Hang et al., 2023) of an epsilon-predicting schedule: min(SNR, γ) / SNR, SNR = σ⁻².
+
+    The nearly clean levels, where the noise is hardest to tell from the image and the least of the image
+    is decided, then count less; every level noisier than σ = γ^-½ keeps weight 1.
+    """
+    if getattr(schedule, "prediction_type", None) != "epsilon":
+        raise ProtagonistError("min-SNR weighting is defined here for epsilon prediction only (SD/SDXL), "
+                               f"not for {getattr(schedule, 'prediction_type', 'this schedule')!r}")
+    if gamma <= 0:
+        raise ProtagonistError(f"min_snr must be positive, got {gamma}")
+    snr = sigma.float().pow(-2)
+    return snr.clamp(max=gamma) / snr
 
 
 def draw_noise(backend: DiffusionBackend, latents: torch.Tensor, generator: torch.Generator,

@@ -37,7 +37,8 @@ def _recipe_flags(args) -> str:
     """The command-line flags that shape a training run, as a card's reproduce line needs them."""
     return (f"--lr {args.lr} --ema {args.ema} --grid-every {args.grid_every} --sprite-weight {args.sprite_weight} "
             f"--hide-modifiers {args.hide_modifiers} --fold-modifiers {args.fold_modifiers} "
-            f"--prenominal {args.prenominal} --held-panel {args.held_panel} --seed {args.seed}")
+            f"--prenominal {args.prenominal} --held-panel {args.held_panel} --min-snr {args.min_snr} "
+            f"--seed {args.seed}")
 
 
 def _caption_and_grid_clauses(args) -> str:
@@ -47,7 +48,8 @@ def _caption_and_grid_clauses(args) -> str:
             + (f", the adjectives before the class word folded into its state in {args.fold_modifiers:.0%} of "
                "captions (`fold_modifiers`)" if args.fold_modifiers else "")
             + (f", one panel held almost clean and left out of the loss in {args.held_panel:.0%} of the grids "
-               "(`held_panel_noise`)" if args.held_panel else ""))
+               "(`held_panel_noise`)" if args.held_panel else "")
+            + (f", min-SNR-γ loss weighting with γ = {args.min_snr:g} (`min_snr_weights`)" if args.min_snr else ""))
 
 
 def _training_lines(args) -> list[str]:
@@ -62,6 +64,8 @@ def _stage_title(args) -> str:
         parts.append(f"the characters' pixels weighted {args.sprite_weight:g}×")
     if args.hide_modifiers or args.fold_modifiers:
         parts.append("the class word carries its adjectives")
+    if args.min_snr:
+        parts.append(f"min-SNR-{args.min_snr:g} loss weighting")
     return "; ".join(parts or ["more training"])
 
 

@@ -158,10 +158,10 @@ def standardise_latents(vae, scale: float, shift: float, seed: int) -> dict:
 
 def denoiser_loss(backend, images, captions, generator, drop_rate: float = 0.1,
                   pixel_weights: torch.Tensor | None = None, hide_rate: float = 0.0,
-                  fold_rate: float = 0.0, held_rate: float = 0.0) -> torch.Tensor:
+                  fold_rate: float = 0.0, held_rate: float = 0.0, min_snr: float | None = None) -> torch.Tensor:
     """Mean denoising error; `pixel_weights` [B, 1, H, W] weight it where they fall in latent space;
     `hide_rate`: see :func:`hide_modifiers`; `fold_rate`: see :func:`fold_modifiers`; `held_rate` (grids
-    only): see :func:`held_panel_noise`."""
+    only): see :func:`held_panel_noise`; `min_snr`: see :func:`~protagonist.core.training.min_snr_weights`."""
     keep = torch.rand(len(captions), generator=generator) >= drop_rate
     prompts = [c if k else "" for c, k in zip(captions, keep.tolist())]
     size = tuple(images.shape[-2:])
@@ -175,7 +175,7 @@ def denoiser_loss(backend, images, captions, generator, drop_rate: float = 0.1,
     noise_scale = keep = None
     if held_rate > 0:
         noise_scale, keep = held_panel_noise(latents.shape, held_rate, generator)
-    error = denoising_error(backend, latents, cond, generator, noise_scale=noise_scale)
+    error = denoising_error(backend, latents, cond, generator, noise_scale=noise_scale, min_snr=min_snr)
     if pixel_weights is None and keep is None:
         return error.mean()
     weights = (torch.ones_like(latents[:, :1]) if pixel_weights is None
@@ -257,7 +257,7 @@ def train_denoiser(backend, steps: int, batch: int, run_dir: Path, seed: int, gr
                    lr: float = 4e-4, ema_decay: float = 0.0,
                    sprite_weight: float = 1.0, hide_rate: float = 0.0,
                    prenominal_rate: float = PRENOMINAL_PROBABILITY, fold_rate: float = 0.0,
-                   held_rate: float = 0.0) -> tuple[list[float], float]:
+                   held_rate: float = 0.0, min_snr: float | None = None) -> tuple[list[float], float]:
     """Denoiser + text encoders; every `grid_every`-th step is a batch of 2×2 grids (0 = never).
 
     With `ema_decay` > 0 the modules end with the exponential moving average of their weights;
@@ -280,7 +280,7 @@ def train_denoiser(backend, steps: int, batch: int, run_dir: Path, seed: int, gr
             group["lr"] = lr * min(1.0, (step + 1) / 200) * (0.1 + 0.9 * (1 - step / steps))
         loss = denoiser_loss(backend, images, captions, torch.Generator().manual_seed(seed + step),
                              pixel_weights=sprite_weights(masks, sprite_weight), hide_rate=hide_rate,
-                             fold_rate=fold_rate, held_rate=held_rate if grids else 0.0)
+                             fold_rate=fold_rate, held_rate=held_rate if grids else 0.0, min_snr=min_snr)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -333,7 +333,7 @@ def finetune(args, run_dir: Path, folder: Path) -> int:
                                      args.grid_every, lr=args.lr, ema_decay=args.ema,
                                      sprite_weight=args.sprite_weight, hide_rate=args.hide_modifiers,
                                      prenominal_rate=args.prenominal, fold_rate=args.fold_modifiers,
-                                     held_rate=args.held_panel)
+                                     held_rate=args.held_panel, min_snr=args.min_snr or None)
     size = save_pipeline(args.family, parts, folder)
     write_finetune_card(folder, previous_card, args, losses, seconds, size, vae_seconds)
     atomic_write_json({"losses": losses, "seconds": seconds}, run_dir / "finetune-curves.json")
@@ -369,6 +369,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--held-panel", type=float, default=0.0,
                         help="share of training grids with one panel noised almost clean and left out of the "
                              "loss, so that copying its character to the other panels pays")
+    parser.add_argument("--min-snr", type=float, default=0.0,
+                        help="min-SNR-γ loss weighting, sdxl only (0 = off; 5 is the paper's γ): the nearly clean "
+                             "noise levels count less, the levels where a character's look is decided more")
     parser.add_argument("--ema", type=float, default=0.0, help="EMA decay of the saved weights (0 = no EMA)")
     parser.add_argument("--vae-grid-steps", type=int, default=0,
                         help="with --finetune-from: first teach the VAE to code 2×2 grids as their four panels")
@@ -380,6 +383,11 @@ def main(argv: list[str] | None = None) -> int:
     if (args.hide_modifiers or args.fold_modifiers) and args.family != "sdxl":
         parser.error("--hide-modifiers and --fold-modifiers work for sdxl only: FLUX's T5 tokenizes the "
                      "captions differently")
+    if args.min_snr and args.family != "sdxl":
+        parser.error("--min-snr works for sdxl only: it is defined here for epsilon prediction; FLUX predicts "
+                     "a flow")
+    if args.min_snr < 0:
+        parser.error(f"--min-snr must be positive (or 0 for off), got {args.min_snr}")
     torch.set_num_threads(args.threads)
     args.grid_every = (3 if args.family == "flux" else 0) if args.grid_every is None else args.grid_every
     run_dir = Path(args.run_dir or f"runs/sprite-{args.family}")
@@ -397,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
                                                  args.grid_every, lr=args.lr, ema_decay=args.ema,
                                                  sprite_weight=args.sprite_weight, hide_rate=args.hide_modifiers,
                                                  prenominal_rate=args.prenominal, fold_rate=args.fold_modifiers,
-                                                 held_rate=args.held_panel)
+                                                 held_rate=args.held_panel, min_snr=args.min_snr or None)
     size = save_pipeline(args.family, parts, folder)
     write_card(folder, args.family, args, vae_losses, losses, stats, seconds, size)
     atomic_write_json({"vae_losses": vae_losses, "losses": losses, "seconds": seconds}, run_dir / "curves.json")

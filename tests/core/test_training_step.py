@@ -1,11 +1,14 @@
-"""The shared optimisation step: a NaN loss stops before anything is applied."""
+"""The shared training pieces: a NaN loss stops before anything is applied; min-SNR weights the nearly clean levels
+down."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from protagonist.core.training import TrainingDiverged, optimisation_step
+from protagonist.core.interface import ProtagonistError
+from protagonist.core.schedules import DiscreteSchedule, FlowSchedule
+from protagonist.core.training import TrainingDiverged, denoising_error, min_snr_weights, optimisation_step
 
 
 def test_a_finite_loss_steps_and_a_nan_loss_changes_nothing():
@@ -16,3 +19,28 @@ def test_a_finite_loss_steps_and_a_nan_loss_changes_nothing():
     with pytest.raises(TrainingDiverged, match="step 7"):
         optimisation_step(weight.sum() * float("nan"), optimizer, 7)
     assert torch.equal(weight.detach(), torch.zeros(2))
+
+
+def test_min_snr_keeps_the_noisy_levels_and_weights_the_clean_ones_by_their_snr():
+    weights = min_snr_weights(DiscreteSchedule(), torch.tensor([14.6, 2.0, 5 ** -0.5, 0.1]), 5.0)
+    assert weights.tolist() == pytest.approx([1.0, 1.0, 1.0, 0.05])
+    with pytest.raises(ProtagonistError, match="epsilon prediction only"):
+        min_snr_weights(FlowSchedule(), torch.tensor([0.5]), 5.0)
+    with pytest.raises(ProtagonistError, match="positive"):
+        min_snr_weights(DiscreteSchedule(), torch.tensor([0.5]), 0.0)
+
+
+def test_min_snr_scales_each_samples_error_and_draws_the_same_noise():
+    class EchoBackend:  # predicts what it is fed, so the error depends on the drawn sigma and noise only
+        schedule = DiscreteSchedule()
+
+        def raw_predict(self, x, sigma, cond):
+            self.sigmas = sigma
+            return x
+
+    backend, latents = EchoBackend(), torch.randn(64, 4, 8, 8)
+    plain = denoising_error(backend, latents, None, torch.Generator().manual_seed(3))
+    weighted = denoising_error(backend, latents, None, torch.Generator().manual_seed(3), min_snr=5.0)
+    expected = min_snr_weights(backend.schedule, backend.sigmas, 5.0)
+    assert expected.min() < 0.5 and expected.max() == 1.0  # the batch spans both regimes
+    assert torch.allclose(weighted, plain * expected.reshape(-1, 1, 1, 1))

@@ -133,7 +133,7 @@ def test_the_held_quadrant_is_left_out_of_the_grid_loss(monkeypatch):
 
     seen = {}
 
-    def error_on_held_positions(backend, latents, cond, generator, noise_scale=None):
+    def error_on_held_positions(backend, latents, cond, generator, noise_scale=None, min_snr=None):
         seen["scale"] = noise_scale
         return (noise_scale < 1).float().expand_as(latents).clone()  # the network errs only where held
 
@@ -193,6 +193,15 @@ def test_folded_modifiers_reach_the_denoiser_only_through_the_class_word_state()
     assert torch.equal(kept.embeds, cond.embeds)
 
 
+def test_min_snr_is_refused_for_flux_and_below_zero_before_any_training(tmp_path):
+    from protagonist.sprites.train_models import main
+
+    for argv in (["flux", "--min-snr", "5"], ["sdxl", "--min-snr", "-1"]):
+        with pytest.raises(SystemExit):
+            main([*argv, "--steps", "1", "--run-dir", str(tmp_path / "run"), "--out", str(tmp_path / "model")])
+    assert not (tmp_path / "run").exists()
+
+
 def test_hiding_modifiers_is_refused_for_flux_before_any_training(tmp_path):
     from protagonist.sprites.train_models import main
 
@@ -210,10 +219,11 @@ def test_a_from_scratch_card_repeats_every_recipe_flag(tmp_path):
 
     args = argparse.Namespace(seed=20, vae_steps=1000, batch=32, steps=6500, grid_every=0, sprite_weight=6.0,
                               lr=5e-4, ema=0.999, hide_modifiers=0.0, fold_modifiers=0.8, prenominal=0.9,
-                              held_panel=0.0, threads=2)
+                              held_panel=0.0, min_snr=5.0, threads=2)
     write_card(tmp_path, "sdxl", args, [0.1], [0.05], {}, {"vae": 600.0, "denoiser": 3000.0}, 17_000_000)
     card = (tmp_path / "MODEL_CARD.md").read_text()
     for flag in ("--steps 6500", "--vae-steps 1000", "--threads 2", "--lr 0.0005", "--ema 0.999", "--sprite-weight 6.0",
-                 "--fold-modifiers 0.8", "--prenominal 0.9", "--held-panel 0.0", "--seed 20"):
+                 "--fold-modifiers 0.8", "--prenominal 0.9", "--held-panel 0.0", "--min-snr 5.0", "--seed 20"):
         assert flag in card
     assert "folded into its state in 80% of captions" in card
+    assert "min-SNR-γ loss weighting with γ = 5" in card
