@@ -37,8 +37,9 @@ def _recipe_flags(args) -> str:
     """The command-line flags that shape a training run, as a card's reproduce line needs them."""
     return (f"--lr {args.lr} --ema {args.ema} --grid-every {args.grid_every} --sprite-weight {args.sprite_weight} "
             f"--hide-modifiers {args.hide_modifiers} --fold-modifiers {args.fold_modifiers} "
-            f"--prenominal {args.prenominal} --held-panel {args.held_panel} --min-snr {args.min_snr} "
-            f"--seed {args.seed}")
+            f"--prenominal {args.prenominal} --held-panel {args.held_panel} "
+            + (f"--held-layout {args.held_layout} " if getattr(args, "held_layout", "one") != "one" else "")
+            + f"--min-snr {args.min_snr} --seed {args.seed}")
 
 
 def _caption_and_grid_clauses(args) -> str:
@@ -47,9 +48,16 @@ def _caption_and_grid_clauses(args) -> str:
              "captions (`hide_modifiers`)" if args.hide_modifiers else "")
             + (f", the adjectives before the class word folded into its state in {args.fold_modifiers:.0%} of "
                "captions (`fold_modifiers`)" if args.fold_modifiers else "")
-            + (f", one panel held almost clean and left out of the loss in {args.held_panel:.0%} of the grids "
-               "(`held_panel_noise`)" if args.held_panel else "")
+            + (_held_clause(args) if args.held_panel else "")
             + (f", min-SNR-γ loss weighting with γ = {args.min_snr:g} (`min_snr_weights`)" if args.min_snr else ""))
+
+
+def _held_clause(args) -> str:
+    if getattr(args, "held_layout", "one") == "many":
+        return (f", one to three panels noised at their own lower level and left out of the loss in "
+                f"{args.held_panel:.0%} of the grids (`held_panels_noise`)")
+    return (f", one panel held almost clean and left out of the loss in {args.held_panel:.0%} of the grids "
+            "(`held_panel_noise`)")
 
 
 def _training_lines(args) -> list[str]:

@@ -24,7 +24,7 @@ from ..core.checkpoint import atomic_folder, atomic_write_json, load_checkpoint,
 from ..core.training import denoising_error
 from .attributes import CLASS_WORD, Context, Identity
 from .captions import PRENOMINAL_PROBABILITY, random_caption, random_grid_caption
-from .held_panels import held_panel_noise
+from .held_panels import HELD_LAYOUTS, held_noise
 from .model_cards import write_card, write_finetune_card
 from .models import FLUX_DIR, SDXL_DIR, build_flux, build_sdxl, load_for_finetuning
 from .world import render_grid_with_mask, render_with_mask, split_grid, tile_grid
@@ -158,10 +158,11 @@ def standardise_latents(vae, scale: float, shift: float, seed: int) -> dict:
 
 def denoiser_loss(backend, images, captions, generator, drop_rate: float = 0.1,
                   pixel_weights: torch.Tensor | None = None, hide_rate: float = 0.0,
-                  fold_rate: float = 0.0, held_rate: float = 0.0, min_snr: float | None = None) -> torch.Tensor:
+                  fold_rate: float = 0.0, held_rate: float = 0.0, min_snr: float | None = None,
+                  held_layout: str = "one") -> torch.Tensor:
     """Mean denoising error; `pixel_weights` [B, 1, H, W] weight it where they fall in latent space;
     `hide_rate`: see :func:`hide_modifiers`; `fold_rate`: see :func:`fold_modifiers`; `held_rate` (grids
-    only): see :func:`held_panel_noise`; `min_snr`: see :func:`~protagonist.core.training.min_snr_weights`."""
+    only): see :func:`held_noise`; `min_snr`: see :func:`~protagonist.core.training.min_snr_weights`."""
     keep = torch.rand(len(captions), generator=generator) >= drop_rate
     prompts = [c if k else "" for c, k in zip(captions, keep.tolist())]
     size = tuple(images.shape[-2:])
@@ -174,7 +175,7 @@ def denoiser_loss(backend, images, captions, generator, drop_rate: float = 0.1,
         cond = fold_modifiers(backend, cond, prompts, fold_rate, generator)
     noise_scale = keep = None
     if held_rate > 0:
-        noise_scale, keep = held_panel_noise(latents.shape, held_rate, generator)
+        noise_scale, keep = held_noise(held_layout)(latents.shape, held_rate, generator)
     error = denoising_error(backend, latents, cond, generator, noise_scale=noise_scale, min_snr=min_snr)
     if pixel_weights is None and keep is None:
         return error.mean()
@@ -257,7 +258,8 @@ def train_denoiser(backend, steps: int, batch: int, run_dir: Path, seed: int, gr
                    lr: float = 4e-4, ema_decay: float = 0.0,
                    sprite_weight: float = 1.0, hide_rate: float = 0.0,
                    prenominal_rate: float = PRENOMINAL_PROBABILITY, fold_rate: float = 0.0,
-                   held_rate: float = 0.0, min_snr: float | None = None) -> tuple[list[float], float]:
+                   held_rate: float = 0.0, min_snr: float | None = None,
+                   held_layout: str = "one") -> tuple[list[float], float]:
     """Denoiser + text encoders; every `grid_every`-th step is a batch of 2×2 grids (0 = never).
 
     With `ema_decay` > 0 the modules end with the exponential moving average of their weights;
@@ -280,7 +282,8 @@ def train_denoiser(backend, steps: int, batch: int, run_dir: Path, seed: int, gr
             group["lr"] = lr * min(1.0, (step + 1) / 200) * (0.1 + 0.9 * (1 - step / steps))
         loss = denoiser_loss(backend, images, captions, torch.Generator().manual_seed(seed + step),
                              pixel_weights=sprite_weights(masks, sprite_weight), hide_rate=hide_rate,
-                             fold_rate=fold_rate, held_rate=held_rate if grids else 0.0, min_snr=min_snr)
+                             fold_rate=fold_rate, held_rate=held_rate if grids else 0.0, min_snr=min_snr,
+                             held_layout=held_layout)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -333,7 +336,8 @@ def finetune(args, run_dir: Path, folder: Path) -> int:
                                      args.grid_every, lr=args.lr, ema_decay=args.ema,
                                      sprite_weight=args.sprite_weight, hide_rate=args.hide_modifiers,
                                      prenominal_rate=args.prenominal, fold_rate=args.fold_modifiers,
-                                     held_rate=args.held_panel, min_snr=args.min_snr or None)
+                                     held_rate=args.held_panel, min_snr=args.min_snr or None,
+                                     held_layout=args.held_layout)
     size = save_pipeline(args.family, parts, folder)
     write_finetune_card(folder, previous_card, args, losses, seconds, size, vae_seconds)
     atomic_write_json({"losses": losses, "seconds": seconds}, run_dir / "finetune-curves.json")
@@ -369,6 +373,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--held-panel", type=float, default=0.0,
                         help="share of training grids with one panel noised almost clean and left out of the "
                              "loss, so that copying its character to the other panels pays")
+    parser.add_argument("--held-layout", choices=HELD_LAYOUTS, default="one",
+                        help="one: a single panel held almost clean; many: one to three panels, each noised at "
+                             "its own level up to 0.9 × the step's")
     parser.add_argument("--min-snr", type=float, default=0.0,
                         help="min-SNR-γ loss weighting, sdxl only (0 = off; 5 is the paper's γ): the nearly clean "
                              "noise levels count less, the levels where a character's look is decided more")
@@ -405,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
                                                  args.grid_every, lr=args.lr, ema_decay=args.ema,
                                                  sprite_weight=args.sprite_weight, hide_rate=args.hide_modifiers,
                                                  prenominal_rate=args.prenominal, fold_rate=args.fold_modifiers,
-                                                 held_rate=args.held_panel, min_snr=args.min_snr or None)
+                                                 held_rate=args.held_panel, min_snr=args.min_snr or None,
+                                                 held_layout=args.held_layout)
     size = save_pipeline(args.family, parts, folder)
     write_card(folder, args.family, args, vae_losses, losses, stats, seconds, size)
     atomic_write_json({"vae_losses": vae_losses, "losses": losses, "seconds": seconds}, run_dir / "curves.json")

@@ -7,7 +7,8 @@ import torch
 
 from protagonist.core.schedules import FlowSchedule
 from protagonist.core.training import denoising_error
-from protagonist.sprites.held_panels import HELD_NOISE, held_panel_noise
+from protagonist.sprites.held_panels import (HELD_NOISE, MANY_HELD_NOISE, held_noise, held_panel_noise,
+                                           held_panels_noise)
 
 
 def test_every_grid_holds_exactly_one_quadrant_at_rate_one():
@@ -53,3 +54,23 @@ def _noise_after_sigmas(latents, seed):
     FlowSchedule().training_sigmas(latents.shape[0], generator)
     return torch.randn(latents.shape, generator=generator)
 
+
+
+def test_many_layout_holds_one_to_three_quadrants_each_at_its_own_level():
+    scale, keep = held_panels_noise(torch.Size([256, 16, 8, 8]), 1.0, torch.Generator().manual_seed(0))
+    held = (keep[:, 0].unflatten(1, (2, 4)).unflatten(3, (2, 4)).amax(dim=(2, 4)) == 0).flatten(1)  # [B, 4]
+    counts = held.sum(dim=1)
+    assert counts.min() == 1 and counts.max() == 3
+    assert {1, 2, 3} <= set(counts.tolist())
+    assert ((keep == 0) == (scale < 1)).all() and scale[keep == 0].max() < MANY_HELD_NOISE
+    two_held = scale[counts == 2, 0].unflatten(1, (2, 4)).unflatten(3, (2, 4)).amax(dim=(2, 4)).flatten(1)
+    levels = two_held[two_held < 1].reshape(-1, 2)
+    assert (levels[:, 0] != levels[:, 1]).all()  # each held panel draws its own level
+
+
+def test_held_layouts_are_named_and_others_refused():
+    assert held_noise("one") is held_panel_noise and held_noise("many") is held_panels_noise
+    scale, keep = held_panels_noise(torch.Size([8, 16, 8, 8]), 0.0, torch.Generator().manual_seed(0))
+    assert scale.eq(1).all() and keep.eq(1).all()
+    with pytest.raises(ValueError, match="held layout"):
+        held_noise("all")

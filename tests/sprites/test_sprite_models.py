@@ -227,3 +227,15 @@ def test_a_from_scratch_card_repeats_every_recipe_flag(tmp_path):
         assert flag in card
     assert "folded into its state in 80% of captions" in card
     assert "min-SNR-γ loss weighting with γ = 5" in card
+
+
+def test_a_card_names_the_many_held_layout_and_its_flag(tmp_path):
+    from protagonist.sprites.model_cards import write_card
+
+    args = argparse.Namespace(seed=32, vae_steps=1000, batch=32, steps=3000, grid_every=2, sprite_weight=4.0,
+                              lr=2e-4, ema=0.999, hide_modifiers=0.0, fold_modifiers=0.0, prenominal=0.9,
+                              held_panel=0.75, held_layout="many", min_snr=0.0, threads=1)
+    write_card(tmp_path, "flux", args, [0.1], [0.05], {}, {"vae": 600.0, "denoiser": 3000.0}, 7_700_000)
+    card = (tmp_path / "MODEL_CARD.md").read_text()
+    assert "--held-panel 0.75 --held-layout many" in card
+    assert "one to three panels noised at their own lower level and left out of the loss in 75% of the grids" in card
