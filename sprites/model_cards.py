@@ -33,6 +33,11 @@ def write_card(folder: Path, family: str, args, vae_losses, losses, stats: dict,
     (folder / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
 
 
+def _new_transformer_flags(args) -> str:
+    shape = getattr(args, "new_transformer", None)
+    return f"--new-transformer {','.join(map(str, shape))} --init-seed {args.init_seed} " if shape else ""
+
+
 def _recipe_flags(args) -> str:
     """The command-line flags that shape a training run, as a card's reproduce line needs them."""
     return (f"--lr {args.lr} --ema {args.ema} --grid-every {args.grid_every} --sprite-weight {args.sprite_weight} "
@@ -68,6 +73,10 @@ def _training_lines(args) -> list[str]:
 
 def _stage_title(args) -> str:
     parts = ["the VAE taught to code 2×2 grids as their four panels"] if args.vae_grid_steps else []
+    if getattr(args, "new_transformer", None):
+        heads, double_blocks, single_blocks = args.new_transformer
+        parts.append(f"a new transformer of width {32 * heads} ({double_blocks} double + {single_blocks} single "
+                     "blocks) trained from scratch on the stages above's VAE and text encoders")
     if args.sprite_weight != 1.0:
         parts.append(f"the characters' pixels weighted {args.sprite_weight:g}×")
     if args.hide_modifiers or args.fold_modifiers:
@@ -96,6 +105,7 @@ def write_finetune_card(folder: Path, previous_card: str, args, losses, seconds:
         f"* final loss {np.mean(losses[-200:]):.4f}; {seconds:.0f} s on {torch.get_num_threads()} CPU threads",
         f"* weights: {size / 1e6:.1f} MB (float16 safetensors)",
         "", f"Reproduce (after the stages above): `python -m protagonist.sprites.train_models {args.family} --finetune-from "
-            f"<previous stage folder> --steps {args.steps} --vae-grid-steps {args.vae_grid_steps} {_recipe_flags(args)}`",
+            f"<previous stage folder> --steps {args.steps} --vae-grid-steps {args.vae_grid_steps} "
+            f"{_new_transformer_flags(args)}{_recipe_flags(args)}`",
     ]
     (folder / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")

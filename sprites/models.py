@@ -25,6 +25,8 @@ TEXT_MAX_LENGTH = 64  # the longest grid caption is about 50 tokens
 #: shift 1 the logit-normal training noise rarely reached the high noise levels where a 32 px sprite's
 #: identity is decided, and the model learnt to ignore identity words.
 FLUX_FLOW_SHIFT = 3.1582
+#: (attention heads of width 32, double blocks, single blocks) of the from-scratch FLUX sprite transformer.
+FLUX_TRANSFORMER_SHAPE = (4, 2, 4)
 
 
 def sprite_words() -> list[str]:
@@ -71,19 +73,26 @@ def build_sdxl(seed: int = 0) -> dict:
 
 def build_flux(seed: int = 0) -> dict:
     """Untrained FLUX-architecture components for 32×32 sprites and 64×64 grids (16-channel latents)."""
-    from diffusers import FluxTransformer2DModel
-
     torch.manual_seed(seed)
     text_encoder, text_encoder_2, tokenizer, tokenizer_2 = _text_encoders(64, with_t5=True)
-    transformer = FluxTransformer2DModel(**tiny_models.flux_transformer_config(
-        latent_channels=16, context=64, pooled=64, layers=2, single_layers=4, heads=4, head_dim=32,
-        rope_axes=(8, 12, 12)))
+    transformer = flux_transformer(FLUX_TRANSFORMER_SHAPE)
     vae = tiny_models.tiny_vae(latent_channels=16, levels=3, width=VAE_WIDTH,
                                scaling_factor=tiny_models.FLUX_LATENT_SCALE,
                                shift_factor=tiny_models.FLUX_LATENT_SHIFT)
     scheduler = sprite_scheduler("flux")
     return dict(transformer=transformer, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
                 tokenizer=tokenizer, tokenizer_2=tokenizer_2, vae=vae, scheduler=scheduler)
+
+
+def flux_transformer(shape: tuple[int, int, int]):
+    """An untrained sprite FLUX transformer of `shape` (attention heads of width 32, double blocks, single blocks),
+    drawn from torch's current random state."""
+    from diffusers import FluxTransformer2DModel
+
+    heads, double_blocks, single_blocks = shape
+    return FluxTransformer2DModel(**tiny_models.flux_transformer_config(
+        latent_channels=16, context=64, pooled=64, layers=double_blocks, single_layers=single_blocks, heads=heads,
+        head_dim=32, rope_axes=(8, 12, 12)))
 
 
 def sprite_scheduler(family: str):

@@ -26,7 +26,7 @@ from .attributes import CLASS_WORD, Context, Identity
 from .captions import PRENOMINAL_PROBABILITY, random_caption, random_grid_caption
 from .held_panels import HELD_LAYOUTS, held_noise
 from .model_cards import write_card, write_finetune_card
-from .models import FLUX_DIR, SDXL_DIR, build_flux, build_sdxl, load_for_finetuning
+from .models import FLUX_DIR, SDXL_DIR, build_flux, build_sdxl, flux_transformer, load_for_finetuning
 from .world import render_grid_with_mask, render_with_mask, split_grid, tile_grid
 
 log = logging.getLogger(__name__)
@@ -322,10 +322,25 @@ def _forget_source_paths(folder: Path) -> None:
             config.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
 
 
+def transformer_shape(text: str) -> tuple[int, int, int]:
+    """`--new-transformer`'s "HEADS,DOUBLE,SINGLE" → three positive integers."""
+    try:
+        shape = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected HEADS,DOUBLE,SINGLE as three positive integers (the shipped "
+                                         f"transformer is 4,2,4), got {text!r}")
+    return shape
+
+
 def finetune(args, run_dir: Path, folder: Path) -> int:
     source = Path(args.finetune_from)
     previous_card = (source / "MODEL_CARD.md").read_text()
     parts = load_for_finetuning(args.family, source)
+    if args.new_transformer:
+        torch.manual_seed(args.init_seed)
+        parts["transformer"] = flux_transformer(args.new_transformer)
     vae_seconds = 0.0
     if args.vae_grid_steps:
         _, vae_seconds = finetune_vae_on_grids(parts["vae"], args.vae_grid_steps, args.batch, run_dir / "vae-grids",
@@ -382,6 +397,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ema", type=float, default=0.0, help="EMA decay of the saved weights (0 = no EMA)")
     parser.add_argument("--vae-grid-steps", type=int, default=0,
                         help="with --finetune-from: first teach the VAE to code 2×2 grids as their four panels")
+    parser.add_argument("--new-transformer", type=transformer_shape, default=None, metavar="HEADS,DOUBLE,SINGLE",
+                        help="flux, with --finetune-from: train a new transformer of this shape (attention heads of "
+                             "width 32, double blocks, single blocks) from scratch on the source's VAE and text "
+                             "encoders; the shipped one is 4,2,4")
+    parser.add_argument("--init-seed", type=int, default=0, help="seed of the new transformer's initial weights")
     parser.add_argument("--finetune-from", default=None,
                         help="a trained sprite model folder: keep its VAE, carry its text encoders onto today's "
                              "vocabulary and train the denoiser further")
@@ -393,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.min_snr and args.family != "sdxl":
         parser.error("--min-snr works for sdxl only: it is defined here for epsilon prediction; FLUX predicts "
                      "a flow")
+    if args.new_transformer and (args.family != "flux" or not args.finetune_from):
+        parser.error("--new-transformer needs flux and --finetune-from (the VAE and text encoders it trains on)")
     if args.min_snr < 0:
         parser.error(f"--min-snr must be positive (or 0 for off), got {args.min_snr}")
     torch.set_num_threads(args.threads)

@@ -99,6 +99,40 @@ def test_flux_finetune_can_first_teach_the_vae_grids_and_says_so(tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
+
+def test_flux_finetune_can_start_a_new_transformer_on_the_source_encoders_and_says_so(tmp_path):
+    import json
+
+    from safetensors.torch import load_file
+
+    from protagonist.sprites.models import FLUX_DIR
+    from protagonist.sprites.train_models import main
+
+    out = tmp_path / "model"
+    args = ["flux", "--finetune-from", str(FLUX_DIR), "--new-transformer", "2,1,1", "--init-seed", "3", "--steps", "1",
+            "--batch", "8", "--threads", "1", "--run-dir", str(tmp_path / "run"), "--out", str(out)]
+    assert main(args) == 0
+    config = json.loads((out / "transformer" / "config.json").read_text())
+    assert (config["num_attention_heads"], config["num_layers"], config["num_single_layers"]) == (2, 1, 1)
+    vae_file = "vae/diffusion_pytorch_model.safetensors"
+    before, after = load_file(str(FLUX_DIR / vae_file)), load_file(str(out / vae_file))
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the source's VAE, untouched
+    card = (out / "MODEL_CARD.md").read_text().split("## Stage ")[-1]
+    assert "a new transformer of width 64 (1 double + 1 single blocks) trained from scratch" in card
+    assert "--new-transformer 2,1,1 --init-seed 3" in card
+
+
+@pytest.mark.parametrize("argv", [["sdxl", "--finetune-from", "x", "--new-transformer", "8,2,6"],
+                                  ["flux", "--new-transformer", "8,2,6"],
+                                  ["flux", "--finetune-from", "x", "--new-transformer", "8,2"]])
+def test_a_new_transformer_is_refused_without_flux_a_source_or_three_sizes(tmp_path, argv):
+    from protagonist.sprites.train_models import main
+
+    with pytest.raises(SystemExit):
+        main([*argv, "--steps", "1", "--run-dir", str(tmp_path / "run"), "--out", str(tmp_path / "model")])
+    assert not (tmp_path / "run").exists()
+
+
 class LatentsOnly:
     """What `denoiser_loss` asks of a backend before the denoising error, which the tests replace."""
 
