@@ -76,7 +76,7 @@ def _stage_title(args) -> str:
     if getattr(args, "new_transformer", None):
         heads, double_blocks, single_blocks = args.new_transformer
         parts.append(f"a new transformer of width {32 * heads} ({double_blocks} double + {single_blocks} single "
-                     "blocks) trained from scratch on the stages above's VAE and text encoders")
+                     "blocks) trained from scratch on the earlier stages' VAE and text encoders")
     if args.sprite_weight != 1.0:
         parts.append(f"the characters' pixels weighted {args.sprite_weight:g}×")
     if args.hide_modifiers or args.fold_modifiers:
