@@ -34,7 +34,7 @@ def write_card(folder: Path, family: str, args, vae_losses, losses, stats: dict,
 
 
 def _new_transformer_flags(args) -> str:
-    shape = getattr(args, "new_transformer", None)
+    shape = args.new_transformer
     return f"--new-transformer {','.join(map(str, shape))} --init-seed {args.init_seed} " if shape else ""
 
 
@@ -43,7 +43,7 @@ def _recipe_flags(args) -> str:
     return (f"--lr {args.lr} --ema {args.ema} --grid-every {args.grid_every} --sprite-weight {args.sprite_weight} "
             f"--hide-modifiers {args.hide_modifiers} --fold-modifiers {args.fold_modifiers} "
             f"--prenominal {args.prenominal} --held-panel {args.held_panel} "
-            + (f"--held-layout {args.held_layout} " if getattr(args, "held_layout", "one") != "one" else "")
+            + (f"--held-layout {args.held_layout} " if args.held_layout != "one" else "")
             + f"--min-snr {args.min_snr} --seed {args.seed}")
 
 
@@ -58,7 +58,7 @@ def _caption_and_grid_clauses(args) -> str:
 
 
 def _held_clause(args) -> str:
-    if getattr(args, "held_layout", "one") == "many":
+    if args.held_layout == "many":
         return (f", one to three panels noised at their own lower level and left out of the loss in "
                 f"{args.held_panel:.0%} of the grids (`held_panels_noise`)")
     return (f", one panel held almost clean and left out of the loss in {args.held_panel:.0%} of the grids "
@@ -73,7 +73,7 @@ def _training_lines(args) -> list[str]:
 
 def _stage_title(args) -> str:
     parts = ["the VAE taught to code 2×2 grids as their four panels"] if args.vae_grid_steps else []
-    if getattr(args, "new_transformer", None):
+    if args.new_transformer:
         heads, double_blocks, single_blocks = args.new_transformer
         parts.append(f"a new transformer of width {32 * heads} ({double_blocks} double + {single_blocks} single "
                      "blocks) trained from scratch on the earlier stages' VAE and text encoders")

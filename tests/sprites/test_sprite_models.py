@@ -253,7 +253,7 @@ def test_a_from_scratch_card_repeats_every_recipe_flag(tmp_path):
 
     args = argparse.Namespace(seed=20, vae_steps=1000, batch=32, steps=6500, grid_every=0, sprite_weight=6.0,
                               lr=5e-4, ema=0.999, hide_modifiers=0.0, fold_modifiers=0.8, prenominal=0.9,
-                              held_panel=0.0, min_snr=5.0, threads=2)
+                              held_panel=0.0, held_layout="one", min_snr=5.0, threads=2)
     write_card(tmp_path, "sdxl", args, [0.1], [0.05], {}, {"vae": 600.0, "denoiser": 3000.0}, 17_000_000)
     card = (tmp_path / "MODEL_CARD.md").read_text()
     for flag in ("--steps 6500", "--vae-steps 1000", "--threads 2", "--lr 0.0005", "--ema 0.999", "--sprite-weight 6.0",
