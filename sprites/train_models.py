@@ -259,22 +259,28 @@ def train_denoiser(backend, steps: int, batch: int, run_dir: Path, seed: int, gr
                    sprite_weight: float = 1.0, hide_rate: float = 0.0,
                    prenominal_rate: float = PRENOMINAL_PROBABILITY, fold_rate: float = 0.0,
                    held_rate: float = 0.0, min_snr: float | None = None,
-                   held_layout: str = "one") -> tuple[list[float], float]:
+                   held_layout: str = "one", stop_after: int | None = None) -> tuple[list[float], float]:
     """Denoiser + text encoders; every `grid_every`-th step is a batch of 2×2 grids (0 = never).
 
     With `ema_decay` > 0 the modules end with the exponential moving average of their weights;
-    `sprite_weight` > 1 weights the loss on the characters' pixels over the background's.
+    `sprite_weight` > 1 weights the loss on the characters' pixels over the background's. `stop_after`
+    ends the run early on the learning-rate schedule of `steps`, so that a long run can be taken in parts
+    (each part resumes from the last) and any part reproduced.
     """
+    end = min(steps, stop_after or steps)
     modules = {"denoiser": backend.denoiser, **backend.text_encoders}
     params = [p for m in modules.values() for p in m.parameters()]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     ema = exponential_average(modules, ema_decay) if ema_decay else None
     saved = {**modules, **({"ema": ema} if ema else {})}
     state = load_checkpoint(run_dir, saved, optimizer) or {"step": 0, "extra": {"losses": []}}
+    if state["step"] > end:
+        raise ValueError(f"{run_dir} has already trained {state['step']} steps, past --stop-after {end}; "
+                         "give a new --run-dir to stop earlier, or a --stop-after of at least that")
     losses, clock = state["extra"]["losses"], Clock(state["extra"].get("seconds", 0.0))
     for module in modules.values():
         module.train()
-    for step in range(state["step"], steps):
+    for step in range(state["step"], end):
         grids = grid_every > 0 and step % grid_every == grid_every - 1
         rng = np.random.default_rng(seed * 100003 + step)
         images, captions, masks = sprite_batch(rng, batch // 4 if grids else batch, grids, prenominal_rate)
@@ -291,7 +297,7 @@ def train_denoiser(backend, steps: int, batch: int, run_dir: Path, seed: int, gr
         if ema is not None:
             ema.update_parameters(torch.nn.ModuleDict(modules))
         losses.append(round(loss.item(), 5))
-        if (step + 1) % 200 == 0 or step + 1 == steps:
+        if (step + 1) % 200 == 0 or step + 1 == end:
             save_checkpoint(run_dir, step + 1, saved, optimizer, extra={"losses": losses, "seconds": clock.seconds()})
             log.info("denoiser step %d/%d loss %.4f", step + 1, steps, np.mean(losses[-200:]))
     if ema is not None:
@@ -352,7 +358,7 @@ def finetune(args, run_dir: Path, folder: Path) -> int:
                                      sprite_weight=args.sprite_weight, hide_rate=args.hide_modifiers,
                                      prenominal_rate=args.prenominal, fold_rate=args.fold_modifiers,
                                      held_rate=args.held_panel, min_snr=args.min_snr or None,
-                                     held_layout=args.held_layout)
+                                     held_layout=args.held_layout, stop_after=args.stop_after)
     size = save_pipeline(args.family, parts, folder)
     write_finetune_card(folder, previous_card, args, losses, seconds, size, vae_seconds)
     atomic_write_json({"losses": losses, "seconds": seconds}, run_dir / "finetune-curves.json")
@@ -364,6 +370,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("family", choices=["sdxl", "flux"])
     parser.add_argument("--steps", type=int, default=6000)
+    parser.add_argument("--stop-after", type=int, default=None, metavar="N",
+                        help="end the denoiser after N of its --steps (the learning rate still follows --steps) "
+                             "and save; the same command with a larger N resumes from the run directory")
     parser.add_argument("--vae-steps", type=int, default=4000)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--grid-every", type=int, default=None, help="FLUX default 3, SDXL 0 (no grids)")
@@ -415,6 +424,8 @@ def main(argv: list[str] | None = None) -> int:
                      "a flow")
     if args.new_transformer and (args.family != "flux" or not args.finetune_from):
         parser.error("--new-transformer needs flux and --finetune-from (the VAE and text encoders it trains on)")
+    if args.stop_after is not None and not 0 < args.stop_after <= args.steps:
+        parser.error(f"--stop-after must be between 1 and --steps ({args.steps}), got {args.stop_after}")
     if args.min_snr < 0:
         parser.error(f"--min-snr must be positive (or 0 for off), got {args.min_snr}")
     torch.set_num_threads(args.threads)
@@ -435,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
                                                  sprite_weight=args.sprite_weight, hide_rate=args.hide_modifiers,
                                                  prenominal_rate=args.prenominal, fold_rate=args.fold_modifiers,
                                                  held_rate=args.held_panel, min_snr=args.min_snr or None,
-                                                 held_layout=args.held_layout)
+                                                 held_layout=args.held_layout, stop_after=args.stop_after)
     size = save_pipeline(args.family, parts, folder)
     write_card(folder, args.family, args, vae_losses, losses, stats, seconds, size)
     atomic_write_json({"vae_losses": vae_losses, "losses": losses, "seconds": seconds}, run_dir / "curves.json")

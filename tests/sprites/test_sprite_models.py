@@ -122,6 +122,38 @@ def test_flux_finetune_can_start_a_new_transformer_on_the_source_encoders_and_sa
     assert "--new-transformer 2,1,1 --init-seed 3" in card
 
 
+def test_a_run_stopped_early_saves_says_so_and_resumes_on_the_same_schedule(tmp_path):
+    import json
+
+    from protagonist.sprites.models import SDXL_DIR
+    from protagonist.sprites.train_models import main
+
+    run, out = tmp_path / "run", tmp_path / "model"
+    args = ["sdxl", "--finetune-from", str(SDXL_DIR), "--steps", "4", "--batch", "2", "--threads", "1",
+            "--run-dir", str(run), "--out", str(out)]
+    assert main([*args, "--stop-after", "1"]) == 0
+    assert json.loads((run / "finetune" / "checkpoint.json").read_text())["step"] == 1
+    card = (out / "MODEL_CARD.md").read_text().split("## Stage ")[-1]
+    assert "1 steps of a 4-step learning-rate schedule (stopped early)" in card
+    assert "--steps 4 --stop-after 1 " in card
+    assert main([*args, "--stop-after", "2"]) == 0
+    assert json.loads((run / "finetune" / "checkpoint.json").read_text())["step"] == 2
+    assert "--stop-after 2 " in (out / "MODEL_CARD.md").read_text()
+    with pytest.raises(ValueError, match="already trained 2 steps"):
+        main([*args, "--stop-after", "1"])
+    assert "--stop-after 2 " in (out / "MODEL_CARD.md").read_text()  # the saved model is kept
+
+
+@pytest.mark.parametrize("stop", ["0", "5"])
+def test_stopping_outside_the_schedule_is_refused_before_any_training(tmp_path, stop):
+    from protagonist.sprites.train_models import main
+
+    with pytest.raises(SystemExit):
+        main(["sdxl", "--steps", "4", "--stop-after", stop, "--run-dir", str(tmp_path / "run"),
+              "--out", str(tmp_path / "model")])
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("argv", [["sdxl", "--finetune-from", "x", "--new-transformer", "8,2,6"],
                                   ["flux", "--new-transformer", "8,2,6"],
                                   ["flux", "--finetune-from", "x", "--new-transformer", "8,2"]])
@@ -253,7 +285,7 @@ def test_a_from_scratch_card_repeats_every_recipe_flag(tmp_path):
 
     args = argparse.Namespace(seed=20, vae_steps=1000, batch=32, steps=6500, grid_every=0, sprite_weight=6.0,
                               lr=5e-4, ema=0.999, hide_modifiers=0.0, fold_modifiers=0.8, prenominal=0.9,
-                              held_panel=0.0, held_layout="one", min_snr=5.0, threads=2)
+                              held_panel=0.0, held_layout="one", min_snr=5.0, threads=2, stop_after=None)
     write_card(tmp_path, "sdxl", args, [0.1], [0.05], {}, {"vae": 600.0, "denoiser": 3000.0}, 17_000_000)
     card = (tmp_path / "MODEL_CARD.md").read_text()
     for flag in ("--steps 6500", "--vae-steps 1000", "--threads 2", "--lr 0.0005", "--ema 0.999", "--sprite-weight 6.0",
@@ -268,7 +300,7 @@ def test_a_card_names_the_many_held_layout_and_its_flag(tmp_path):
 
     args = argparse.Namespace(seed=32, vae_steps=1000, batch=32, steps=3000, grid_every=2, sprite_weight=4.0,
                               lr=2e-4, ema=0.999, hide_modifiers=0.0, fold_modifiers=0.0, prenominal=0.9,
-                              held_panel=0.75, held_layout="many", min_snr=0.0, threads=1)
+                              held_panel=0.75, held_layout="many", min_snr=0.0, threads=1, stop_after=None)
     write_card(tmp_path, "flux", args, [0.1], [0.05], {}, {"vae": 600.0, "denoiser": 3000.0}, 7_700_000)
     card = (tmp_path / "MODEL_CARD.md").read_text()
     assert "--held-panel 0.75 --held-layout many" in card
