@@ -18,7 +18,8 @@ def write_card(folder: Path, family: str, args, vae_losses, losses, stats: dict,
         "(shape, colour, pattern, eyes, accessory) in random contexts (background, position), with captions",
         "that name the context and sometimes up to two identity attributes; 10 % empty captions for CFG."
         + (f" Every {args.grid_every}-th step is a batch of 2×2 grids of one identity." if args.grid_every else ""),
-        "", f"* seed {args.seed}; VAE {args.vae_steps} steps × {args.batch}; denoiser {_denoiser_steps(args)} × {args.batch}",
+        "", f"* seed {args.seed}; VAE {args.vae_steps} steps × {args.batch}; "
+            f"denoiser {_denoiser_steps(args)} × {args.batch}",
         f"* final VAE loss {np.mean(vae_losses[-100:]):.4f}; final denoiser loss {np.mean(losses[-200:]):.4f}",
         f"* latent statistics before standardisation: {stats}",
         f"* training time: VAE {seconds['vae']:.0f} s, denoiser {seconds['denoiser']:.0f} s on "
@@ -33,14 +34,18 @@ def write_card(folder: Path, family: str, args, vae_losses, losses, stats: dict,
     (folder / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
 
 
+def _stopped_early(args) -> bool:
+    return args.stop_after not in (None, args.steps)
+
+
 def _denoiser_steps(args) -> str:
-    if args.stop_after is None or args.stop_after == args.steps:
+    if not _stopped_early(args):
         return f"{args.steps} steps"
     return f"{args.stop_after} steps of a {args.steps}-step learning-rate schedule (stopped early)"
 
 
 def _stop_flag(args) -> str:
-    return f"--stop-after {args.stop_after} " if args.stop_after not in (None, args.steps) else ""
+    return f"--stop-after {args.stop_after} " if _stopped_early(args) else ""
 
 
 def _new_transformer_flags(args) -> str:
@@ -104,7 +109,8 @@ def write_finetune_card(folder: Path, previous_card: str, args, losses, seconds:
         f"Captions name identity attributes with probability {MENTION_PROBABILITY} (one to {MAX_MENTIONED} of "
         f"them), eyes and accessory as adjectives before the class word (\"a one eyed hatted red blob\") in "
         f"{args.prenominal:.0%} of them.",
-        f"* {_denoiser_steps(args)} × {args.batch}, learning rate {args.lr}, EMA decay {args.ema} (the EMA weights are saved)"
+        f"* {_denoiser_steps(args)} × {args.batch}, learning rate {args.lr}, EMA decay {args.ema} "
+        "(the EMA weights are saved)"
         + (f", one batch of grids every {args.grid_every} steps" if args.grid_every else "")
         + (f", loss weight {args.sprite_weight} on the characters' pixels" if args.sprite_weight != 1.0 else "")
         + _caption_and_grid_clauses(args),
