@@ -26,7 +26,8 @@ from .attributes import CLASS_WORD, Context, Identity
 from .captions import PRENOMINAL_PROBABILITY, random_caption, random_grid_caption
 from .held_panels import HELD_LAYOUTS, held_noise
 from .model_cards import write_card, write_finetune_card
-from .models import FLUX_DIR, SDXL_DIR, build_flux, build_sdxl, flux_transformer, load_for_finetuning
+from .models import (FLUX_DIR, FLUX_TRANSFORMER_SHAPE, SDXL_DIR, build_flux, build_sdxl, flux_transformer,
+                     load_for_finetuning)
 from .world import render_grid_with_mask, render_with_mask, split_grid, tile_grid
 
 log = logging.getLogger(__name__)
@@ -328,6 +329,10 @@ def _forget_source_paths(folder: Path) -> None:
             config.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
 
 
+def _shape_text(shape: tuple[int, int, int]) -> str:
+    return ",".join(map(str, shape))
+
+
 def transformer_shape(text: str) -> tuple[int, int, int]:
     """`--new-transformer`'s "HEADS,DOUBLE,SINGLE" → three positive integers."""
     try:
@@ -335,8 +340,8 @@ def transformer_shape(text: str) -> tuple[int, int, int]:
     except ValueError:
         shape = ()
     if len(shape) != 3 or min(shape) < 1:
-        raise argparse.ArgumentTypeError(f"expected HEADS,DOUBLE,SINGLE as three positive integers (the shipped "
-                                         f"transformer is 4,2,4), got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected HEADS,DOUBLE,SINGLE as three positive integers (for example "
+                                         f"{_shape_text(FLUX_TRANSFORMER_SHAPE)}), got {text!r}")
     return shape
 
 
@@ -409,7 +414,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-transformer", type=transformer_shape, default=None, metavar="HEADS,DOUBLE,SINGLE",
                         help="flux, with --finetune-from: train a new transformer of this shape (attention heads of "
                              "width 32, double blocks, single blocks) from scratch on the source's VAE and text "
-                             "encoders; the shipped one is 4,2,4")
+                             f"encoders; a from-scratch run's is {_shape_text(FLUX_TRANSFORMER_SHAPE)}, the shipped "
+                             "stage 13's 8,2,6")
     parser.add_argument("--init-seed", type=int, default=0, help="seed of the new transformer's initial weights")
     parser.add_argument("--finetune-from", default=None,
                         help="a trained sprite model folder: keep its VAE, carry its text encoders onto today's "
