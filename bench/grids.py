@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..sprites.attributes import Context, Identity
+from ..sprites.attributes import IDENTITY_ATTRIBUTES, Context, Identity
 from ..sprites.captions import grid_caption, random_grid_caption
 from ..sprites.oracle import Oracle, identity_of
 from ..sprites.world import SIZE, render_grid, split_grid
@@ -20,6 +20,9 @@ class GridScores:
     consistent: float  # share of grids whose four panels all read as one identity
     panel_validity: float  # share of panels the oracle reads confidently
     panel_conformity: float  # share of panels whose background and position match their part of the prompt
+    # per identity attribute, the share of readable panels 2–4 that agree with a readable first panel: one
+    # identity in a grid needs all fifteen of these comparisons to hold at once
+    panel_agreement: dict[str, float]
 
 
 def grid_prompts(count: int, seed: int) -> tuple[list[str], list[list[Context]]]:
@@ -46,7 +49,19 @@ def score_grids(images: torch.Tensor, contexts: list[list[Context]], oracle: Ora
     conform = [int(reading.labels["background"][i]) == c.background and int(reading.labels["position"][i]) == c.position
                for i, c in enumerate(expected)]
     return GridScores(len(contexts), float(np.mean(consistent)), float(reading.valid.float().mean()),
-                      float(np.mean(conform)))
+                      float(np.mean(conform)), agreement_with_first_panel(reading))
+
+
+def agreement_with_first_panel(reading) -> dict[str, float]:
+    valid = reading.valid.view(-1, 4)
+    pairs = valid[:, :1] & valid[:, 1:]
+    if not pairs.any():
+        return {name: float("nan") for name in IDENTITY_ATTRIBUTES}
+    agreement = {}
+    for name in IDENTITY_ATTRIBUTES:
+        labels = reading.labels[name].view(-1, 4)
+        agreement[name] = float((labels[:, 1:] == labels[:, :1])[pairs].float().mean())
+    return agreement
 
 
 def run_grids(backend, count: int, seed: int, settings: SamplingSettings, batch: int = 16):

@@ -11,7 +11,7 @@ from protagonist.bench.harness import (Character, MethodRun, PlainSampling, Samp
                                        run_method, same_character_pairs)
 from protagonist.bench.report import ratio_to_plain
 from protagonist.bench.scoring import score
-from protagonist.sprites.attributes import Context, Identity
+from protagonist.sprites.attributes import IDENTITY_ATTRIBUTES, Context, Identity
 from protagonist.sprites.captions import parse_prompt
 from protagonist.sprites.oracle import Oracle
 from protagonist.sprites.world import render
@@ -103,7 +103,12 @@ def test_grid_scoring_on_rendered_grids(oracle):
     assert scores.consistent == 1.0 and scores.panel_conformity == 1.0 and scores.panel_validity == 1.0
     mixed = same.clone()
     mixed[:, :, :32, :32] = torch.stack([render_grid(Identity.from_index(700), c, rng) for c in contexts])[:, :, :32, :32]
-    assert score_grids(mixed, contexts, oracle).consistent == 0.0
+    mixed_scores = score_grids(mixed, contexts, oracle)
+    assert mixed_scores.consistent == 0.0
+    assert scores.panel_agreement == dict.fromkeys(IDENTITY_ATTRIBUTES, 1.0)
+    first, stranger = Identity.from_index(5), Identity.from_index(700)
+    assert mixed_scores.panel_agreement == {name: float(getattr(first, name) == getattr(stranger, name))
+                                            for name in IDENTITY_ATTRIBUTES}
     assert all("2x2 grid" in p for p in prompts)
 
 
