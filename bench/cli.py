@@ -66,7 +66,7 @@ def grid_report(backend, args, settings, oracle, out: Path) -> str:
     reliance = ", ".join(f"σ {sigma:g}: {ratio:.2f}" for sigma, ratio in panel_reliance(backend).items())
     return (f"grid prompts: {scores.grids}; one identity in all four panels: {scores.consistent:.1%}; "
             f"panel validity {scores.panel_validity:.1%}; panel conformity {scores.panel_conformity:.1%}\n"
-            f"readable panels 2–4 agreeing with a readable first panel (shape color pattern eyes accessory): "
+            f"readable panels 2–4 agreeing with a readable first panel ({' '.join(scores.panel_agreement)}): "
             f"{' '.join(f'{share:.0%}' for share in scores.panel_agreement.values())}\n"
             f"panel reliance (a panel's x0 error with the other panels another character ÷ the same one): "
             f"{reliance}\n")
