@@ -146,3 +146,26 @@ def test_each_method_is_costed_against_plain_cfg_drawn_beside_it(tiny_sdxl_backe
     assert twice.generation.evaluations == 2 * twice.plain_beside.evaluations
     assert ratio_to_plain(twice).startswith("2.00× / ")
     assert torch.equal(twice.images, plain.images)  # the draws beside change no image
+
+
+def test_grid_report_samples_the_grids_at_grid_cfg(oracle, monkeypatch, tmp_path):
+    from protagonist.bench import cli, grids
+    from protagonist.sprites.world import render_grid
+
+    used = []
+
+    def rendered_grids(backend, count, seed, settings):
+        used.append(settings)
+        prompts, contexts = grids.grid_prompts(count, seed)
+        rng = np.random.default_rng(0)
+        return torch.stack([render_grid(Identity.from_index(5), c, rng) for c in contexts]), prompts, contexts
+
+    monkeypatch.setattr(grids, "run_grids", rendered_grids)
+    monkeypatch.setattr(grids, "panel_reliance", lambda backend: {0.9: 1.0})
+    settings = SamplingSettings(steps=30, cfg=3.0, sampler="euler")
+    for flags, expected in (([], 3.0), (["--grid-cfg", "1.5"], 1.5)):
+        args = cli.build_parser().parse_args(["--grids", "2", *flags])
+        report = cli.grid_report(None, args, settings, oracle, tmp_path)
+        assert used[-1].cfg == expected and used[-1].steps == 30
+        assert f"grid prompts: 2 at CFG {expected:g}; one identity in all four panels: 100.0%" in report
+    assert settings.cfg == 3.0
