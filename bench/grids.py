@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -66,7 +66,7 @@ def agreement_with_first_panel(reading) -> dict[str, float]:
 
 def run_grids(backend, count: int, seed: int, settings: SamplingSettings, batch: int = 16):
     prompts, contexts = grid_prompts(count, seed)
-    grid_settings = SamplingSettings(settings.steps, settings.cfg, settings.sampler, (64, 64), settings.negative)
+    grid_settings = replace(settings, size=(2 * SIZE, 2 * SIZE))  # every other setting as the caller's
     images = [draw(backend, prompts[i:i + batch], list(range(seed + i, seed + i + len(prompts[i:i + batch]))),
                    grid_settings) for i in range(0, count, batch)]
     return torch.cat(images), prompts, contexts
