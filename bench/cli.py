@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--grid-cfg", type=float, default=None,
                         help="CFG of the grid prompts (default: --cfg); the FLUX sprite model's grids agree more "
                              "at 1.5, where CFG 3 over-saturates their colours")
+    parser.add_argument("--grid-shift", type=float, default=None,
+                        help="flow shift of the grid prompts' sampling schedule (FLUX; default: the model's), as "
+                             "FLUX samples an image of more tokens at a higher shift (ComfyUI's ModelSamplingFlux)")
     parser.add_argument("--set", action="append", default=[], metavar="METHOD:FIELD=VALUE",
                         help="override a method's setting, e.g. oneactor:tuning.lr=1e-3 (repeatable)")
     parser.add_argument("--out", default="out/bench")
@@ -64,11 +67,14 @@ def grid_report(backend, args, settings, oracle, out: Path) -> str:
     from .grids import panel_reliance, run_grids, score_grids
 
     grid_cfg = settings.cfg if args.grid_cfg is None else args.grid_cfg
-    images, _, contexts = run_grids(backend, args.grids, args.seed, replace(settings, cfg=grid_cfg))
+    grid_shift = settings.shift if args.grid_shift is None else args.grid_shift
+    grid_settings = replace(settings, cfg=grid_cfg, shift=grid_shift)
+    images, _, contexts = run_grids(backend, args.grids, args.seed, grid_settings)
     scores = score_grids(images, contexts, oracle)
     save_png(contact_sheet(images[:16], columns=4, scale=2), out / "grids_contact_sheet.png")
     reliance = ", ".join(f"σ {sigma:g}: {ratio:.2f}" for sigma, ratio in panel_reliance(backend).items())
-    return (f"grid prompts: {scores.grids} at CFG {grid_cfg:g}; "
+    shift = "" if grid_settings.shift is None else f", flow shift {grid_settings.shift:g}"
+    return (f"grid prompts: {scores.grids} at CFG {grid_cfg:g}{shift}; "
             f"one identity in all four panels: {scores.consistent:.1%}; "
             f"panel validity {scores.panel_validity:.1%}; panel conformity {scores.panel_conformity:.1%}\n"
             f"readable panels 2–4 agreeing with a readable first panel ({' '.join(scores.panel_agreement)}): "

@@ -16,6 +16,7 @@ import torch
 
 from ..core.interface import DiffusionBackend
 from ..core.sampling import cfg_guidance, sample, seeded_noise
+from ..core.schedules import shifted_schedule
 from .cost import Cost, measure
 
 
@@ -52,6 +53,7 @@ class SamplingSettings:
     sampler: str = "euler"
     size: tuple[int, int] = (32, 32)
     negative: str = ""
+    shift: float | None = None  # flow shift of the sampling schedule (FLUX); None: the model's own
 
 
 class Method(Protocol):
@@ -71,8 +73,10 @@ def draw(backend: DiffusionBackend, prompts: list[str], seeds: list[int], settin
         positive = backend.encode_prompts(prompts, tokens=tokens, image_size=settings.size)
         negative = backend.encode_prompts([settings.negative], image_size=settings.size)
     noise = seeded_noise(seeds, backend.latent_shape(len(seeds), *settings.size))
+    sigmas = (None if settings.shift is None
+              else shifted_schedule(backend.schedule, settings.shift).sampling_sigmas(settings.steps))
     latents = sample(backend, [negative, positive], noise, settings.steps, cfg_guidance(settings.cfg),
-                     settings.sampler, before_step=before_step)
+                     settings.sampler, sigmas=sigmas, before_step=before_step)
     with torch.no_grad():
         return backend.decode_latents(latents)
 

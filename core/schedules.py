@@ -167,6 +167,10 @@ class FlowSchedule(NoiseSchedule):
     def sigma_min(self) -> float:
         return self.shifted(torch.tensor(1e-3)).item()
 
+    def with_shift(self, shift: float) -> FlowSchedule:
+        """The same schedule at another shift, e.g. FLUX's higher one for an image of more tokens."""
+        return FlowSchedule(shift=shift, timestep_scale=self.timestep_scale)
+
     def shifted(self, t: torch.Tensor) -> torch.Tensor:
         return self.shift * t / (1 + (self.shift - 1) * t)
 
@@ -195,6 +199,14 @@ class FlowSchedule(NoiseSchedule):
         # Logit-normal timesteps, as SD3 and FLUX are trained.
         u = torch.randn(batch, generator=generator).sigmoid()
         return self.shifted(u)
+
+
+def shifted_schedule(schedule: NoiseSchedule, shift: float) -> FlowSchedule:
+    """`schedule` at another flow shift; only flow schedules (FLUX) have one."""
+    if not isinstance(schedule, FlowSchedule):
+        raise ValueError(f"a noise-level shift applies to flow schedules (FLUX) only, not to "
+                         f"{type(schedule).__name__}; leave the shift unset for this model")
+    return schedule.with_shift(shift)
 
 
 def flux_shift(image_tokens: int, base_shift: float = 0.5, max_shift: float = 1.15,

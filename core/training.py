@@ -7,6 +7,7 @@ import math
 import torch
 
 from .interface import Conditioning, DiffusionBackend, ProtagonistError
+from .schedules import shifted_schedule
 
 
 def check_noisiest_share(share: float) -> None:
@@ -39,15 +40,17 @@ def _noisiest_levels(schedule, share: float) -> torch.Tensor:
 
 def denoising_error(backend: DiffusionBackend, latents: torch.Tensor, cond: Conditioning,
                     generator: torch.Generator, noisiest_share: float = 1.0,
-                    noise_scale: torch.Tensor | None = None, min_snr: float | None = None) -> torch.Tensor:
+                    noise_scale: torch.Tensor | None = None, min_snr: float | None = None,
+                    sigma_shift: float | None = None) -> torch.Tensor:
     """Elementwise squared error of the network's native output against its training target.
 
     Noise levels are drawn as the family was trained, or with `noisiest_share` < 1 from the noisiest
     part of the schedule only (:func:`noisiest_sigmas`). `noise_scale` (broadcast against the latents)
     noises some positions less than the level the network is told, e.g. a grid panel held almost clean.
-    `min_snr` weights each sample by :func:`min_snr_weights`.
+    `min_snr` weights each sample by :func:`min_snr_weights`. `sigma_shift` (flow schedules) draws the noise
+    levels at another shift than the schedule's own, as FLUX trains an image of more tokens at a higher one.
     """
-    sigma, noise = draw_noise(backend, latents, generator, noisiest_share)
+    sigma, noise = draw_noise(backend, latents, generator, noisiest_share, sigma_shift)
     error = error_at(backend, latents, cond, sigma, noise, noise_scale)
     if min_snr is None:
         return error
@@ -70,12 +73,13 @@ def min_snr_weights(schedule, sigma: torch.Tensor, gamma: float) -> torch.Tensor
 
 
 def draw_noise(backend: DiffusionBackend, latents: torch.Tensor, generator: torch.Generator,
-               noisiest_share: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+               noisiest_share: float = 1.0, sigma_shift: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The sigmas and noise :func:`denoising_error` draws for `latents`, in its order."""
+    schedule = backend.schedule if sigma_shift is None else shifted_schedule(backend.schedule, sigma_shift)
     if noisiest_share < 1.0:
-        sigma = noisiest_sigmas(backend.schedule, latents.shape[0], generator, noisiest_share).to(latents.device)
+        sigma = noisiest_sigmas(schedule, latents.shape[0], generator, noisiest_share).to(latents.device)
     else:
-        sigma = backend.schedule.training_sigmas(latents.shape[0], generator).to(latents.device)
+        sigma = schedule.training_sigmas(latents.shape[0], generator).to(latents.device)
     return sigma, torch.randn(latents.shape, generator=generator).to(latents)
 
 

@@ -59,6 +59,7 @@ def _recipe_flags(args) -> str:
             f"--hide-modifiers {args.hide_modifiers} --fold-modifiers {args.fold_modifiers} "
             f"--prenominal {args.prenominal} --held-panel {args.held_panel} "
             + (f"--held-layout {args.held_layout} " if args.held_layout != "one" else "")
+            + (f"--grid-shift {args.grid_shift} " if args.grid_shift else "")
             + f"--min-snr {args.min_snr} --seed {args.seed}")
 
 
@@ -69,7 +70,9 @@ def _caption_and_grid_clauses(args) -> str:
             + (f", the adjectives before the class word folded into its state in {args.fold_modifiers:.0%} of "
                "captions (`fold_modifiers`)" if args.fold_modifiers else "")
             + (_held_clause(args) if args.held_panel else "")
-            + (f", min-SNR-γ loss weighting with γ = {args.min_snr:g} (`min_snr_weights`)" if args.min_snr else ""))
+            + (f", min-SNR-γ loss weighting with γ = {args.min_snr:g} (`min_snr_weights`)" if args.min_snr else "")
+            + (f", the grids' training noise levels drawn at flow shift {args.grid_shift:g}"
+               if args.grid_shift else ""))
 
 
 def _held_clause(args) -> str:
@@ -98,6 +101,8 @@ def _stage_title(args) -> str:
         parts.append("the class word carries its adjectives")
     if args.min_snr:
         parts.append(f"min-SNR-{args.min_snr:g} loss weighting")
+    if args.grid_shift:
+        parts.append(f"grids trained at flow shift {args.grid_shift:g}")
     return "; ".join(parts or ["more training"])
 
 

@@ -160,10 +160,11 @@ def standardise_latents(vae, scale: float, shift: float, seed: int) -> dict:
 def denoiser_loss(backend, images, captions, generator, drop_rate: float = 0.1,
                   pixel_weights: torch.Tensor | None = None, hide_rate: float = 0.0,
                   fold_rate: float = 0.0, held_rate: float = 0.0, min_snr: float | None = None,
-                  held_layout: str = "one") -> torch.Tensor:
+                  held_layout: str = "one", sigma_shift: float | None = None) -> torch.Tensor:
     """Mean denoising error; `pixel_weights` [B, 1, H, W] weight it where they fall in latent space;
     `hide_rate`: see :func:`hide_modifiers`; `fold_rate`: see :func:`fold_modifiers`; `held_rate` (grids
-    only): see :func:`held_noise`; `min_snr`: see :func:`~protagonist.core.training.min_snr_weights`."""
+    only): see :func:`held_noise`; `min_snr`: see :func:`~protagonist.core.training.min_snr_weights`;
+    `sigma_shift`: see :func:`~protagonist.core.training.denoising_error`."""
     keep = torch.rand(len(captions), generator=generator) >= drop_rate
     prompts = [c if k else "" for c, k in zip(captions, keep.tolist())]
     size = tuple(images.shape[-2:])
@@ -177,7 +178,8 @@ def denoiser_loss(backend, images, captions, generator, drop_rate: float = 0.1,
     noise_scale = keep = None
     if held_rate > 0:
         noise_scale, keep = held_noise(held_layout)(latents.shape, held_rate, generator)
-    error = denoising_error(backend, latents, cond, generator, noise_scale=noise_scale, min_snr=min_snr)
+    error = denoising_error(backend, latents, cond, generator, noise_scale=noise_scale, min_snr=min_snr,
+                            sigma_shift=sigma_shift)
     if pixel_weights is None and keep is None:
         return error.mean()
     weights = (torch.ones_like(latents[:, :1]) if pixel_weights is None
@@ -260,13 +262,16 @@ def train_denoiser(backend, steps: int, batch: int, run_dir: Path, seed: int, gr
                    sprite_weight: float = 1.0, hide_rate: float = 0.0,
                    prenominal_rate: float = PRENOMINAL_PROBABILITY, fold_rate: float = 0.0,
                    held_rate: float = 0.0, min_snr: float | None = None,
-                   held_layout: str = "one", stop_after: int | None = None) -> tuple[list[float], float]:
+                   held_layout: str = "one", stop_after: int | None = None,
+                   grid_shift: float | None = None) -> tuple[list[float], float]:
     """Denoiser + text encoders; every `grid_every`-th step is a batch of 2×2 grids (0 = never).
 
     With `ema_decay` > 0 the modules end with the exponential moving average of their weights;
     `sprite_weight` > 1 weights the loss on the characters' pixels over the background's. `stop_after`
     ends the run early on the learning-rate schedule of `steps`, so that a long run can be taken in parts
-    (each part resumes from the last) and any part reproduced.
+    (each part resumes from the last) and any part reproduced. `grid_shift` (FLUX) draws the grids' noise
+    levels at that flow shift: a grid has four times a sprite's tokens, so its panels' shared character is
+    decided at higher noise, as FLUX's resolution-dependent shift has it.
     """
     end = min(steps, stop_after or steps)
     modules = {"denoiser": backend.denoiser, **backend.text_encoders}
@@ -290,7 +295,7 @@ def train_denoiser(backend, steps: int, batch: int, run_dir: Path, seed: int, gr
         loss = denoiser_loss(backend, images, captions, torch.Generator().manual_seed(seed + step),
                              pixel_weights=sprite_weights(masks, sprite_weight), hide_rate=hide_rate,
                              fold_rate=fold_rate, held_rate=held_rate if grids else 0.0, min_snr=min_snr,
-                             held_layout=held_layout)
+                             held_layout=held_layout, sigma_shift=grid_shift if grids else None)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -363,7 +368,8 @@ def finetune(args, run_dir: Path, folder: Path) -> int:
                                      sprite_weight=args.sprite_weight, hide_rate=args.hide_modifiers,
                                      prenominal_rate=args.prenominal, fold_rate=args.fold_modifiers,
                                      held_rate=args.held_panel, min_snr=args.min_snr or None,
-                                     held_layout=args.held_layout, stop_after=args.stop_after)
+                                     held_layout=args.held_layout, stop_after=args.stop_after,
+                                     grid_shift=args.grid_shift)
     size = save_pipeline(args.family, parts, folder)
     write_finetune_card(folder, previous_card, args, losses, seconds, size, vae_seconds)
     atomic_write_json({"losses": losses, "seconds": seconds}, run_dir / "finetune-curves.json")
@@ -408,6 +414,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-snr", type=float, default=0.0,
                         help="min-SNR-γ loss weighting, sdxl only (0 = off; 5 is the paper's γ): the nearly clean "
                              "noise levels count less, the levels where a character's look is decided more")
+    parser.add_argument("--grid-shift", type=float, default=None,
+                        help="flux: the flow shift the grids' training noise levels are drawn at (default: the "
+                             "model's, 3.16); a grid has four times a sprite's tokens, and FLUX trains and samples "
+                             "larger images at a higher shift")
     parser.add_argument("--ema", type=float, default=0.0, help="EMA decay of the saved weights (0 = no EMA)")
     parser.add_argument("--vae-grid-steps", type=int, default=0,
                         help="with --finetune-from: first teach the VAE to code 2×2 grids as their four panels")
@@ -432,6 +442,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--new-transformer needs flux and --finetune-from (the VAE and text encoders it trains on)")
     if args.stop_after is not None and not 0 < args.stop_after <= args.steps:
         parser.error(f"--stop-after must be between 1 and --steps ({args.steps}), got {args.stop_after}")
+    if args.grid_shift is not None and (args.family != "flux" or args.grid_shift <= 0):
+        parser.error(f"--grid-shift must be positive and works for flux only (a flow schedule), got "
+                     f"{args.grid_shift} for {args.family}")
     if args.min_snr < 0:
         parser.error(f"--min-snr must be positive (or 0 for off), got {args.min_snr}")
     torch.set_num_threads(args.threads)
@@ -452,7 +465,8 @@ def main(argv: list[str] | None = None) -> int:
                                                  sprite_weight=args.sprite_weight, hide_rate=args.hide_modifiers,
                                                  prenominal_rate=args.prenominal, fold_rate=args.fold_modifiers,
                                                  held_rate=args.held_panel, min_snr=args.min_snr or None,
-                                                 held_layout=args.held_layout, stop_after=args.stop_after)
+                                                 held_layout=args.held_layout, stop_after=args.stop_after,
+                                                 grid_shift=args.grid_shift)
     size = save_pipeline(args.family, parts, folder)
     write_card(folder, args.family, args, vae_losses, losses, stats, seconds, size)
     atomic_write_json({"vae_losses": vae_losses, "losses": losses, "seconds": seconds}, run_dir / "curves.json")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -148,7 +150,16 @@ def test_each_method_is_costed_against_plain_cfg_drawn_beside_it(tiny_sdxl_backe
     assert torch.equal(twice.images, plain.images)  # the draws beside change no image
 
 
-def test_grid_report_samples_the_grids_at_grid_cfg(oracle, monkeypatch, tmp_path):
+def test_draw_samples_at_the_settings_shift(tiny_flux_backend):
+    settings = SamplingSettings(steps=3, cfg=2.0, size=(32, 32))
+    own = draw(tiny_flux_backend, ["a blob"], [4], settings)
+    at_own_shift = draw(tiny_flux_backend, ["a blob"], [4], replace(settings, shift=tiny_flux_backend.schedule.shift))
+    higher = draw(tiny_flux_backend, ["a blob"], [4], replace(settings, shift=8.0))
+    assert torch.allclose(own, at_own_shift, atol=1e-6)
+    assert (own - higher).abs().max() > 1e-3
+
+
+def test_grid_report_samples_the_grids_at_grid_cfg_and_shift(oracle, monkeypatch, tmp_path):
     from protagonist.bench import cli, grids
     from protagonist.sprites.world import render_grid
 
@@ -163,9 +174,10 @@ def test_grid_report_samples_the_grids_at_grid_cfg(oracle, monkeypatch, tmp_path
     monkeypatch.setattr(grids, "run_grids", rendered_grids)
     monkeypatch.setattr(grids, "panel_reliance", lambda backend: {0.9: 1.0})
     settings = SamplingSettings(steps=30, cfg=3.0, sampler="euler")
-    for flags, expected in (([], 3.0), (["--grid-cfg", "1.5"], 1.5)):
+    for flags, cfg, shift, said in (([], 3.0, None, "CFG 3"), (["--grid-cfg", "1.5"], 1.5, None, "CFG 1.5"),
+                                    (["--grid-shift", "6"], 3.0, 6.0, "CFG 3, flow shift 6")):
         args = cli.build_parser().parse_args(["--grids", "2", *flags])
         report = cli.grid_report(None, args, settings, oracle, tmp_path)
-        assert used[-1].cfg == expected and used[-1].steps == 30
-        assert f"grid prompts: 2 at CFG {expected:g}; one identity in all four panels: 100.0%" in report
-    assert settings.cfg == 3.0
+        assert (used[-1].cfg, used[-1].shift, used[-1].steps) == (cfg, shift, 30)
+        assert f"grid prompts: 2 at {said}; one identity in all four panels: 100.0%" in report
+    assert settings.cfg == 3.0 and settings.shift is None

@@ -189,3 +189,13 @@ def test_noisiest_sigmas_stay_in_the_noisiest_share_of_the_schedule():
         drawn = noisiest_sigmas(schedule, 512, torch.Generator().manual_seed(0), 0.25)
         assert drawn.min() >= levels[249] and drawn.max() <= levels[0]
         assert len(drawn.unique()) > 100  # spread over the share, not one level
+
+
+def test_with_shift_keeps_the_timestep_scale_and_only_flow_schedules_shift():
+    from protagonist.core.schedules import shifted_schedule
+
+    moved = shifted_schedule(FlowSchedule(shift=3.0, timestep_scale=1000.0), 8.0)
+    assert (moved.shift, moved.timestep_scale) == (8.0, 1000.0)
+    assert torch.allclose(moved.sampling_sigmas(4), FlowSchedule(shift=8.0).sampling_sigmas(4))
+    with pytest.raises(ValueError, match="flow schedules .FLUX. only"):
+        shifted_schedule(DiscreteSchedule(), 8.0)

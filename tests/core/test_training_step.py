@@ -44,3 +44,24 @@ def test_min_snr_scales_each_samples_error_and_draws_the_same_noise():
     expected = min_snr_weights(backend.schedule, backend.sigmas, 5.0)
     assert expected.min() < 0.5 and expected.max() == 1.0  # the batch spans both regimes
     assert torch.allclose(weighted, plain * expected.reshape(-1, 1, 1, 1))
+
+
+def test_sigma_shift_draws_the_same_quantiles_at_the_other_shift():
+    class RecordingBackend:
+        schedule = FlowSchedule(shift=3.0, timestep_scale=1000.0)
+
+        def raw_predict(self, x, sigma, cond):
+            self.sigmas = sigma
+            return x
+
+    backend, latents = RecordingBackend(), torch.randn(256, 4, 4, 4)
+    denoising_error(backend, latents, None, torch.Generator().manual_seed(5))
+    own = backend.sigmas
+    denoising_error(backend, latents, None, torch.Generator().manual_seed(5), sigma_shift=8.0)
+    higher = backend.sigmas
+    unshifted = own / (3.0 - 2.0 * own)  # t of sigma = 3t / (1 + 2t)
+    assert torch.allclose(higher, 8.0 * unshifted / (1 + 7.0 * unshifted), atol=1e-6)
+    assert (higher >= own).all() and higher.median() > own.median() + 0.05
+    with pytest.raises(ValueError, match="flow schedules"):
+        backend.schedule = DiscreteSchedule()
+        denoising_error(backend, latents, None, torch.Generator().manual_seed(5), sigma_shift=8.0)

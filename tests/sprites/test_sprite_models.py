@@ -199,7 +199,7 @@ def test_the_held_quadrant_is_left_out_of_the_grid_loss(monkeypatch):
 
     seen = {}
 
-    def error_on_held_positions(backend, latents, cond, generator, noise_scale=None, min_snr=None):
+    def error_on_held_positions(backend, latents, cond, generator, noise_scale=None, min_snr=None, sigma_shift=None):
         seen["scale"] = noise_scale
         return (noise_scale < 1).float().expand_as(latents).clone()  # the network errs only where held
 
@@ -259,10 +259,11 @@ def test_folded_modifiers_reach_the_denoiser_only_through_the_class_word_state()
     assert torch.equal(kept.embeds, cond.embeds)
 
 
-def test_min_snr_is_refused_for_flux_and_below_zero_before_any_training(tmp_path):
+def test_min_snr_and_grid_shift_are_refused_for_the_wrong_family_or_value_before_any_training(tmp_path):
     from protagonist.sprites.train_models import main
 
-    for argv in (["flux", "--min-snr", "5"], ["sdxl", "--min-snr", "-1"]):
+    for argv in (["flux", "--min-snr", "5"], ["sdxl", "--min-snr", "-1"], ["sdxl", "--grid-shift", "8"],
+                 ["flux", "--grid-shift", "0"]):
         with pytest.raises(SystemExit):
             main([*argv, "--steps", "1", "--run-dir", str(tmp_path / "run"), "--out", str(tmp_path / "model")])
     assert not (tmp_path / "run").exists()
@@ -285,7 +286,8 @@ def test_a_from_scratch_card_repeats_every_recipe_flag(tmp_path):
 
     args = argparse.Namespace(seed=20, vae_steps=1000, batch=32, steps=6500, grid_every=0, sprite_weight=6.0,
                               lr=5e-4, ema=0.999, hide_modifiers=0.0, fold_modifiers=0.8, prenominal=0.9,
-                              held_panel=0.0, held_layout="one", min_snr=5.0, threads=2, stop_after=None)
+                              held_panel=0.0, held_layout="one", min_snr=5.0, threads=2, stop_after=None,
+                              grid_shift=None)
     write_card(tmp_path, "sdxl", args, [0.1], [0.05], {}, {"vae": 600.0, "denoiser": 3000.0}, 17_000_000)
     card = (tmp_path / "MODEL_CARD.md").read_text()
     for flag in ("--steps 6500", "--vae-steps 1000", "--threads 2", "--lr 0.0005", "--ema 0.999", "--sprite-weight 6.0",
@@ -295,13 +297,15 @@ def test_a_from_scratch_card_repeats_every_recipe_flag(tmp_path):
     assert "min-SNR-γ loss weighting with γ = 5" in card
 
 
-def test_a_card_names_the_many_held_layout_and_its_flag(tmp_path):
+def test_a_card_names_the_many_held_layout_the_grid_shift_and_their_flags(tmp_path):
     from protagonist.sprites.model_cards import write_card
 
     args = argparse.Namespace(seed=32, vae_steps=1000, batch=32, steps=3000, grid_every=2, sprite_weight=4.0,
                               lr=2e-4, ema=0.999, hide_modifiers=0.0, fold_modifiers=0.0, prenominal=0.9,
-                              held_panel=0.75, held_layout="many", min_snr=0.0, threads=1, stop_after=None)
+                              held_panel=0.75, held_layout="many", min_snr=0.0, threads=1, stop_after=None,
+                              grid_shift=8.0)
     write_card(tmp_path, "flux", args, [0.1], [0.05], {}, {"vae": 600.0, "denoiser": 3000.0}, 7_700_000)
     card = (tmp_path / "MODEL_CARD.md").read_text()
-    assert "--held-panel 0.75 --held-layout many" in card
+    assert "--held-panel 0.75 --held-layout many --grid-shift 8.0" in card
+    assert "the grids' training noise levels drawn at flow shift 8" in card
     assert "one to three panels noised at their own lower level and left out of the loss in 75% of the grids" in card
