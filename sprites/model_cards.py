@@ -106,6 +106,10 @@ def _stage_title(args) -> str:
     return "; ".join(parts or ["more training"])
 
 
+def _shifted_levels(args) -> str:
+    return "the single images' training noise levels" if args.grid_shift else "training noise levels"
+
+
 def write_finetune_card(folder: Path, previous_card: str, args, losses, seconds: float, size: int,
                         vae_seconds: float = 0.0):
     stage = previous_card.count("## Stage") + 2
@@ -119,7 +123,7 @@ def write_finetune_card(folder: Path, previous_card: str, args, losses, seconds:
         + (f", one batch of grids every {args.grid_every} steps" if args.grid_every else "")
         + (f", loss weight {args.sprite_weight} on the characters' pixels" if args.sprite_weight != 1.0 else "")
         + _caption_and_grid_clauses(args),
-        *([f"* flow shift {FLUX_FLOW_SHIFT} for training noise levels and sampling (ComfyUI's FLUX default)"]
+        *([f"* flow shift {FLUX_FLOW_SHIFT} for {_shifted_levels(args)} and sampling (ComfyUI's FLUX default)"]
           if args.family == "flux" else []),
         *([f"* first the VAE: {args.vae_grid_steps} steps teaching it to code 2×2 grids as their four panels "
            f"(`finetune_vae_on_grids`), {vae_seconds:.0f} s"] if args.vae_grid_steps else []),

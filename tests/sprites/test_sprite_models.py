@@ -100,7 +100,7 @@ def test_flux_finetune_can_first_teach_the_vae_grids_and_says_so(tmp_path):
 
 
 
-def test_flux_finetune_can_start_a_new_transformer_on_the_source_encoders_and_says_so(tmp_path):
+def test_flux_finetune_can_start_a_new_transformer_and_shift_the_grids_and_says_so(tmp_path):
     import json
 
     from safetensors.torch import load_file
@@ -110,7 +110,8 @@ def test_flux_finetune_can_start_a_new_transformer_on_the_source_encoders_and_sa
 
     out = tmp_path / "model"
     args = ["flux", "--finetune-from", str(FLUX_DIR), "--new-transformer", "2,1,1", "--init-seed", "3", "--steps", "1",
-            "--batch", "8", "--threads", "1", "--run-dir", str(tmp_path / "run"), "--out", str(out)]
+            "--batch", "8", "--grid-every", "1", "--grid-shift", "8", "--threads", "1", "--run-dir",
+            str(tmp_path / "run"), "--out", str(out)]
     assert main(args) == 0
     config = json.loads((out / "transformer" / "config.json").read_text())
     assert (config["num_attention_heads"], config["num_layers"], config["num_single_layers"]) == (2, 1, 1)
@@ -120,6 +121,8 @@ def test_flux_finetune_can_start_a_new_transformer_on_the_source_encoders_and_sa
     card = (out / "MODEL_CARD.md").read_text().split("## Stage ")[-1]
     assert "a new transformer of width 64 (1 double + 1 single blocks) trained from scratch" in card
     assert "--new-transformer 2,1,1 --init-seed 3" in card
+    assert "; grids trained at flow shift 8" in card and "--grid-shift 8.0" in card
+    assert "flow shift 3.1582 for the single images' training noise levels and sampling" in card
 
 
 def test_a_run_stopped_early_saves_says_so_and_resumes_on_the_same_schedule(tmp_path):
