@@ -167,10 +167,6 @@ class FlowSchedule(NoiseSchedule):
     def sigma_min(self) -> float:
         return self.shifted(torch.tensor(1e-3)).item()
 
-    def with_shift(self, shift: float) -> FlowSchedule:
-        """The same schedule at another shift, e.g. FLUX's higher one for an image of more tokens."""
-        return FlowSchedule(shift=shift, timestep_scale=self.timestep_scale)
-
     def shifted(self, t: torch.Tensor) -> torch.Tensor:
         return self.shift * t / (1 + (self.shift - 1) * t)
 
@@ -202,11 +198,12 @@ class FlowSchedule(NoiseSchedule):
 
 
 def shifted_schedule(schedule: NoiseSchedule, shift: float) -> FlowSchedule:
-    """`schedule` at another flow shift; only flow schedules (FLUX) have one."""
+    """`schedule` at another flow shift, e.g. FLUX's higher one for an image of more tokens; only flow schedules
+    (FLUX) have one."""
     if not isinstance(schedule, FlowSchedule):
         raise ValueError(f"a noise-level shift applies to flow schedules (FLUX) only, not to "
                          f"{type(schedule).__name__}; leave the shift unset for this model")
-    return schedule.with_shift(shift)
+    return FlowSchedule(shift=shift, timestep_scale=schedule.timestep_scale)
 
 
 def flux_shift(image_tokens: int, base_shift: float = 0.5, max_shift: float = 1.15,

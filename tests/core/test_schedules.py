@@ -191,7 +191,7 @@ def test_noisiest_sigmas_stay_in_the_noisiest_share_of_the_schedule():
         assert len(drawn.unique()) > 100  # spread over the share, not one level
 
 
-def test_with_shift_keeps_the_timestep_scale_and_only_flow_schedules_shift():
+def test_a_shifted_schedule_keeps_the_timestep_scale_and_only_flow_schedules_shift():
     from protagonist.core.schedules import shifted_schedule
 
     moved = shifted_schedule(FlowSchedule(shift=3.0, timestep_scale=1000.0), 8.0)
