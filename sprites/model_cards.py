@@ -26,7 +26,7 @@ def write_card(folder: Path, family: str, args, vae_losses, losses, stats: dict,
         f"{torch.get_num_threads()} CPU threads (wall time, with other jobs sharing the 2 cores at times)",
         f"* weights: {size / 1e6:.1f} MB (float16 safetensors)",
         *([f"* loss weight {args.sprite_weight} on the characters' pixels"] if args.sprite_weight != 1.0 else []),
-        *([f"* flow shift {FLUX_FLOW_SHIFT} for training noise levels and sampling"] if family == "flux" else []),
+        *([f"* flow shift {FLUX_FLOW_SHIFT} for {_shifted_levels(args)} and sampling"] if family == "flux" else []),
         *_training_lines(args),
         "", f"Reproduce: `python -m protagonist.sprites.train_models {family} --steps {args.steps} "
             f"--vae-steps {args.vae_steps} {_stop_flag(args)}--threads {args.threads} {_recipe_flags(args)}`",

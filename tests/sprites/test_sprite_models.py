@@ -311,4 +311,5 @@ def test_a_card_names_the_many_held_layout_the_grid_shift_and_their_flags(tmp_pa
     card = (tmp_path / "MODEL_CARD.md").read_text()
     assert "--held-panel 0.75 --held-layout many --grid-shift 8.0" in card
     assert "the grids' training noise levels drawn at flow shift 8" in card
+    assert "flow shift 3.1582 for the single images' training noise levels and sampling" in card
     assert "one to three panels noised at their own lower level and left out of the loss in 75% of the grids" in card
