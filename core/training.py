@@ -41,7 +41,7 @@ def _noisiest_levels(schedule, share: float) -> torch.Tensor:
 def denoising_error(backend: DiffusionBackend, latents: torch.Tensor, cond: Conditioning,
                     generator: torch.Generator, noisiest_share: float = 1.0,
                     noise_scale: torch.Tensor | None = None, min_snr: float | None = None,
-                    sigma_shift: float | None = None) -> torch.Tensor:
+                    sigma_shift: float | None = None, input_perturbation: float = 0.0) -> torch.Tensor:
     """Elementwise squared error of the network's native output against its training target.
 
     Noise levels are drawn as the family was trained, or with `noisiest_share` < 1 from the noisiest
@@ -49,9 +49,14 @@ def denoising_error(backend: DiffusionBackend, latents: torch.Tensor, cond: Cond
     noises some positions less than the level the network is told, e.g. a grid panel held almost clean.
     `min_snr` weights each sample by :func:`min_snr_weights`. `sigma_shift` (flow schedules) draws the noise
     levels at another shift than the schedule's own, as FLUX trains an image of more tokens at a higher one.
+    `input_perturbation` γ noises the network's input with ε + γξ but keeps ε in the target (Ning et al., 2023):
+    in sampling the network meets its own earlier errors, never the exact noised data it was trained on.
     """
     sigma, noise = draw_noise(backend, latents, generator, noisiest_share, sigma_shift)
-    error = error_at(backend, latents, cond, sigma, noise, noise_scale)
+    input_noise = None
+    if input_perturbation:
+        input_noise = noise + input_perturbation * torch.randn(latents.shape, generator=generator).to(latents)
+    error = error_at(backend, latents, cond, sigma, noise, noise_scale, input_noise)
     if min_snr is None:
         return error
     return error * min_snr_weights(backend.schedule, sigma, min_snr).reshape(-1, *[1] * (error.dim() - 1))
@@ -84,10 +89,13 @@ def draw_noise(backend: DiffusionBackend, latents: torch.Tensor, generator: torc
 
 
 def error_at(backend: DiffusionBackend, latents: torch.Tensor, cond: Conditioning, sigma: torch.Tensor,
-             noise: torch.Tensor, noise_scale: torch.Tensor | None = None) -> torch.Tensor:
-    """:func:`denoising_error` for sigmas and noise already drawn."""
+             noise: torch.Tensor, noise_scale: torch.Tensor | None = None,
+             input_noise: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`denoising_error` for sigmas and noise already drawn; `input_noise` (default `noise`) is what the
+    network's input is noised with."""
     noised_at = sigma if noise_scale is None else sigma.reshape(-1, 1, 1, 1) * noise_scale.to(latents)
-    output = backend.raw_predict(backend.schedule.add_noise(latents, noise, noised_at), sigma, cond)
+    noisy = backend.schedule.add_noise(latents, noise if input_noise is None else input_noise, noised_at)
+    output = backend.raw_predict(noisy, sigma, cond)
     return (output.float() - backend.schedule.training_target(latents, noise, noised_at).float()).pow(2)
 
 

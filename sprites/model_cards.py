@@ -60,6 +60,7 @@ def _recipe_flags(args) -> str:
             f"--prenominal {args.prenominal} --held-panel {args.held_panel} "
             + (f"--held-layout {args.held_layout} " if args.held_layout != "one" else "")
             + (f"--grid-shift {args.grid_shift} " if args.grid_shift else "")
+            + (f"--input-perturbation {args.input_perturbation} " if args.input_perturbation else "")
             + f"--min-snr {args.min_snr} --seed {args.seed}")
 
 
@@ -72,7 +73,9 @@ def _caption_and_grid_clauses(args) -> str:
             + (_held_clause(args) if args.held_panel else "")
             + (f", min-SNR-γ loss weighting with γ = {args.min_snr:g} (`min_snr_weights`)" if args.min_snr else "")
             + (f", the grids' training noise levels drawn at flow shift {args.grid_shift:g}"
-               if args.grid_shift else ""))
+               if args.grid_shift else "")
+            + (f", the denoiser's input noised with {args.input_perturbation:g}× extra noise the target leaves out "
+               "(input perturbation)" if args.input_perturbation else ""))
 
 
 def _held_clause(args) -> str:
@@ -103,6 +106,8 @@ def _stage_title(args) -> str:
         parts.append(f"min-SNR-{args.min_snr:g} loss weighting")
     if args.grid_shift:
         parts.append(f"grids trained at flow shift {args.grid_shift:g}")
+    if args.input_perturbation:
+        parts.append(f"input perturbation {args.input_perturbation:g}")
     return "; ".join(parts or ["more training"])
 
 
@@ -129,8 +134,9 @@ def write_finetune_card(folder: Path, previous_card: str, args, losses, seconds:
            f"(`finetune_vae_on_grids`), {vae_seconds:.0f} s"] if args.vae_grid_steps else []),
         f"* final loss {np.mean(losses[-200:]):.4f}; {seconds:.0f} s on {torch.get_num_threads()} CPU threads",
         f"* weights: {size / 1e6:.1f} MB (float16 safetensors)",
-        "", f"Reproduce (after the stages above): `python -m protagonist.sprites.train_models {args.family} --finetune-from "
-            f"<previous stage folder> --steps {args.steps} {_stop_flag(args)}--vae-grid-steps {args.vae_grid_steps} "
+        "", "Reproduce (after the stages above): "
+            f"`python -m protagonist.sprites.train_models {args.family} --finetune-from <previous stage folder> "
+            f"--steps {args.steps} {_stop_flag(args)}--vae-grid-steps {args.vae_grid_steps} "
             f"{_new_transformer_flags(args)}{_recipe_flags(args)}`",
     ]
     (folder / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")

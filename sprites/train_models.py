@@ -160,11 +160,12 @@ def standardise_latents(vae, scale: float, shift: float, seed: int) -> dict:
 def denoiser_loss(backend, images, captions, generator, drop_rate: float = 0.1,
                   pixel_weights: torch.Tensor | None = None, hide_rate: float = 0.0,
                   fold_rate: float = 0.0, held_rate: float = 0.0, min_snr: float | None = None,
-                  held_layout: str = "one", sigma_shift: float | None = None) -> torch.Tensor:
+                  held_layout: str = "one", sigma_shift: float | None = None,
+                  input_perturbation: float = 0.0) -> torch.Tensor:
     """Mean denoising error; `pixel_weights` [B, 1, H, W] weight it where they fall in latent space;
     `hide_rate`: see :func:`hide_modifiers`; `fold_rate`: see :func:`fold_modifiers`; `held_rate` (grids
     only): see :func:`held_noise`; `min_snr`: see :func:`~protagonist.core.training.min_snr_weights`;
-    `sigma_shift`: see :func:`~protagonist.core.training.denoising_error`."""
+    `sigma_shift`, `input_perturbation`: see :func:`~protagonist.core.training.denoising_error`."""
     keep = torch.rand(len(captions), generator=generator) >= drop_rate
     prompts = [c if k else "" for c, k in zip(captions, keep.tolist())]
     size = tuple(images.shape[-2:])
@@ -179,7 +180,7 @@ def denoiser_loss(backend, images, captions, generator, drop_rate: float = 0.1,
     if held_rate > 0:
         noise_scale, keep = held_noise(held_layout)(latents.shape, held_rate, generator)
     error = denoising_error(backend, latents, cond, generator, noise_scale=noise_scale, min_snr=min_snr,
-                            sigma_shift=sigma_shift)
+                            sigma_shift=sigma_shift, input_perturbation=input_perturbation)
     if pixel_weights is None and keep is None:
         return error.mean()
     weights = (torch.ones_like(latents[:, :1]) if pixel_weights is None
@@ -263,7 +264,7 @@ def train_denoiser(backend, steps: int, batch: int, run_dir: Path, seed: int, gr
                    prenominal_rate: float = PRENOMINAL_PROBABILITY, fold_rate: float = 0.0,
                    held_rate: float = 0.0, min_snr: float | None = None,
                    held_layout: str = "one", stop_after: int | None = None,
-                   grid_shift: float | None = None) -> tuple[list[float], float]:
+                   grid_shift: float | None = None, input_perturbation: float = 0.0) -> tuple[list[float], float]:
     """Denoiser + text encoders; every `grid_every`-th step is a batch of 2×2 grids (0 = never).
 
     With `ema_decay` > 0 the modules end with the exponential moving average of their weights;
@@ -271,7 +272,8 @@ def train_denoiser(backend, steps: int, batch: int, run_dir: Path, seed: int, gr
     ends the run early on the learning-rate schedule of `steps`, so that a long run can be taken in parts
     (each part resumes from the last) and any part reproduced. `grid_shift` (FLUX) draws the grids' noise
     levels at that flow shift: a grid has four times a sprite's tokens, so its panels' shared character is
-    decided at higher noise, as FLUX's resolution-dependent shift has it.
+    decided at higher noise, as FLUX's resolution-dependent shift has it. `input_perturbation`: see
+    :func:`~protagonist.core.training.denoising_error`.
     """
     end = min(steps, stop_after or steps)
     modules = {"denoiser": backend.denoiser, **backend.text_encoders}
@@ -295,7 +297,8 @@ def train_denoiser(backend, steps: int, batch: int, run_dir: Path, seed: int, gr
         loss = denoiser_loss(backend, images, captions, torch.Generator().manual_seed(seed + step),
                              pixel_weights=sprite_weights(masks, sprite_weight), hide_rate=hide_rate,
                              fold_rate=fold_rate, held_rate=held_rate if grids else 0.0, min_snr=min_snr,
-                             held_layout=held_layout, sigma_shift=grid_shift if grids else None)
+                             held_layout=held_layout, sigma_shift=grid_shift if grids else None,
+                             input_perturbation=input_perturbation)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -369,7 +372,7 @@ def finetune(args, run_dir: Path, folder: Path) -> int:
                                      prenominal_rate=args.prenominal, fold_rate=args.fold_modifiers,
                                      held_rate=args.held_panel, min_snr=args.min_snr or None,
                                      held_layout=args.held_layout, stop_after=args.stop_after,
-                                     grid_shift=args.grid_shift)
+                                     grid_shift=args.grid_shift, input_perturbation=args.input_perturbation)
     size = save_pipeline(args.family, parts, folder)
     write_finetune_card(folder, previous_card, args, losses, seconds, size, vae_seconds)
     atomic_write_json({"losses": losses, "seconds": seconds}, run_dir / "finetune-curves.json")
@@ -418,6 +421,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="flux: the flow shift the grids' training noise levels are drawn at (default: the "
                              "model's, 3.16); a grid has four times a sprite's tokens, and FLUX trains and samples "
                              "larger images at a higher shift")
+    parser.add_argument("--input-perturbation", type=float, default=0.0, metavar="GAMMA",
+                        help="noise the denoiser's input with noise + GAMMA × extra noise but keep the target "
+                             "(Ning et al. 2023; 0.1 is the paper's): sampling feeds the denoiser its own earlier "
+                             "errors, which training on exactly noised data never shows it")
     parser.add_argument("--ema", type=float, default=0.0, help="EMA decay of the saved weights (0 = no EMA)")
     parser.add_argument("--vae-grid-steps", type=int, default=0,
                         help="with --finetune-from: first teach the VAE to code 2×2 grids as their four panels")
@@ -445,6 +452,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.grid_shift is not None and (args.family != "flux" or args.grid_shift <= 0):
         parser.error(f"--grid-shift must be positive and works for flux only (a flow schedule), got "
                      f"{args.grid_shift} for {args.family}")
+    if not 0 <= args.input_perturbation < 1:
+        parser.error(f"--input-perturbation must be in [0, 1) (0.1 is the paper's), got {args.input_perturbation}")
     if args.min_snr < 0:
         parser.error(f"--min-snr must be positive (or 0 for off), got {args.min_snr}")
     torch.set_num_threads(args.threads)
@@ -466,7 +475,8 @@ def main(argv: list[str] | None = None) -> int:
                                                  prenominal_rate=args.prenominal, fold_rate=args.fold_modifiers,
                                                  held_rate=args.held_panel, min_snr=args.min_snr or None,
                                                  held_layout=args.held_layout, stop_after=args.stop_after,
-                                                 grid_shift=args.grid_shift)
+                                                 grid_shift=args.grid_shift,
+                                                 input_perturbation=args.input_perturbation)
     size = save_pipeline(args.family, parts, folder)
     write_card(folder, args.family, args, vae_losses, losses, stats, seconds, size)
     atomic_write_json({"vae_losses": vae_losses, "losses": losses, "seconds": seconds}, run_dir / "curves.json")

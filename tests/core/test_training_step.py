@@ -65,3 +65,20 @@ def test_sigma_shift_draws_the_same_quantiles_at_the_other_shift():
     with pytest.raises(ValueError, match="flow schedules"):
         backend.schedule = DiscreteSchedule()
         denoising_error(backend, latents, None, torch.Generator().manual_seed(5), sigma_shift=8.0)
+
+
+def test_input_perturbation_moves_the_input_by_sigma_gamma_xi_and_keeps_the_target():
+    class ZeroBackend:  # predicts 0, so the error is the squared target alone
+        schedule = FlowSchedule(shift=3.0, timestep_scale=1000.0)
+
+        def raw_predict(self, x, sigma, cond):
+            self.inputs, self.sigmas = x, sigma
+            return torch.zeros_like(x)
+
+    backend, latents = ZeroBackend(), torch.randn(128, 4, 4, 4)
+    plain = denoising_error(backend, latents, None, torch.Generator().manual_seed(9))
+    clean_input = backend.inputs
+    perturbed = denoising_error(backend, latents, None, torch.Generator().manual_seed(9), input_perturbation=0.1)
+    assert torch.equal(perturbed, plain)  # same sigmas and noise drawn, same target
+    xi = (backend.inputs - clean_input) / backend.sigmas.reshape(-1, 1, 1, 1)
+    assert abs(xi.std().item() - 0.1) < 0.005 and abs(xi.mean().item()) < 0.005

@@ -100,7 +100,7 @@ def test_flux_finetune_can_first_teach_the_vae_grids_and_says_so(tmp_path):
 
 
 
-def test_flux_finetune_can_start_a_new_transformer_and_shift_the_grids_and_says_so(tmp_path):
+def test_flux_finetune_can_start_a_new_transformer_shift_the_grids_perturb_inputs_and_says_so(tmp_path):
     import json
 
     from safetensors.torch import load_file
@@ -110,7 +110,8 @@ def test_flux_finetune_can_start_a_new_transformer_and_shift_the_grids_and_says_
 
     out = tmp_path / "model"
     args = ["flux", "--finetune-from", str(FLUX_DIR), "--new-transformer", "2,1,1", "--init-seed", "3", "--steps", "1",
-            "--batch", "8", "--grid-every", "1", "--grid-shift", "8", "--threads", "1", "--run-dir",
+            "--batch", "8", "--grid-every", "1", "--grid-shift", "8", "--input-perturbation", "0.1", "--threads", "1",
+            "--run-dir",
             str(tmp_path / "run"), "--out", str(out)]
     assert main(args) == 0
     config = json.loads((out / "transformer" / "config.json").read_text())
@@ -121,7 +122,8 @@ def test_flux_finetune_can_start_a_new_transformer_and_shift_the_grids_and_says_
     card = (out / "MODEL_CARD.md").read_text().split("## Stage ")[-1]
     assert "a new transformer of width 64 (1 double + 1 single blocks) trained from scratch" in card
     assert "--new-transformer 2,1,1 --init-seed 3" in card
-    assert "; grids trained at flow shift 8" in card and "--grid-shift 8.0" in card
+    assert "; grids trained at flow shift 8; input perturbation 0.1" in card
+    assert "--grid-shift 8.0 --input-perturbation 0.1" in card
     assert "flow shift 3.1582 for the single images' training noise levels and sampling" in card
 
 
@@ -202,7 +204,7 @@ def test_the_held_quadrant_is_left_out_of_the_grid_loss(monkeypatch):
 
     seen = {}
 
-    def error_on_held_positions(backend, latents, cond, generator, noise_scale=None, min_snr=None, sigma_shift=None):
+    def error_on_held_positions(backend, latents, cond, generator, noise_scale=None, **unused_options):
         seen["scale"] = noise_scale
         return (noise_scale < 1).float().expand_as(latents).clone()  # the network errs only where held
 
@@ -262,11 +264,12 @@ def test_folded_modifiers_reach_the_denoiser_only_through_the_class_word_state()
     assert torch.equal(kept.embeds, cond.embeds)
 
 
-def test_min_snr_and_grid_shift_are_refused_for_the_wrong_family_or_value_before_any_training(tmp_path):
+def test_min_snr_grid_shift_and_input_perturbation_are_refused_for_a_wrong_family_or_value_before_training(tmp_path):
     from protagonist.sprites.train_models import main
 
     for argv in (["flux", "--min-snr", "5"], ["sdxl", "--min-snr", "-1"], ["sdxl", "--grid-shift", "8"],
-                 ["flux", "--grid-shift", "0"]):
+                 ["flux", "--grid-shift", "0"], ["flux", "--input-perturbation", "-0.1"],
+                 ["sdxl", "--input-perturbation", "1.5"]):
         with pytest.raises(SystemExit):
             main([*argv, "--steps", "1", "--run-dir", str(tmp_path / "run"), "--out", str(tmp_path / "model")])
     assert not (tmp_path / "run").exists()
@@ -290,7 +293,7 @@ def test_a_from_scratch_card_repeats_every_recipe_flag(tmp_path):
     args = argparse.Namespace(seed=20, vae_steps=1000, batch=32, steps=6500, grid_every=0, sprite_weight=6.0,
                               lr=5e-4, ema=0.999, hide_modifiers=0.0, fold_modifiers=0.8, prenominal=0.9,
                               held_panel=0.0, held_layout="one", min_snr=5.0, threads=2, stop_after=None,
-                              grid_shift=None)
+                              grid_shift=None, input_perturbation=0.0)
     write_card(tmp_path, "sdxl", args, [0.1], [0.05], {}, {"vae": 600.0, "denoiser": 3000.0}, 17_000_000)
     card = (tmp_path / "MODEL_CARD.md").read_text()
     for flag in ("--steps 6500", "--vae-steps 1000", "--threads 2", "--lr 0.0005", "--ema 0.999", "--sprite-weight 6.0",
@@ -300,16 +303,17 @@ def test_a_from_scratch_card_repeats_every_recipe_flag(tmp_path):
     assert "min-SNR-γ loss weighting with γ = 5" in card
 
 
-def test_a_card_names_the_many_held_layout_the_grid_shift_and_their_flags(tmp_path):
+def test_a_card_names_the_many_held_layout_the_grid_shift_the_input_perturbation_and_their_flags(tmp_path):
     from protagonist.sprites.model_cards import write_card
 
     args = argparse.Namespace(seed=32, vae_steps=1000, batch=32, steps=3000, grid_every=2, sprite_weight=4.0,
                               lr=2e-4, ema=0.999, hide_modifiers=0.0, fold_modifiers=0.0, prenominal=0.9,
                               held_panel=0.75, held_layout="many", min_snr=0.0, threads=1, stop_after=None,
-                              grid_shift=8.0)
+                              grid_shift=8.0, input_perturbation=0.1)
     write_card(tmp_path, "flux", args, [0.1], [0.05], {}, {"vae": 600.0, "denoiser": 3000.0}, 7_700_000)
     card = (tmp_path / "MODEL_CARD.md").read_text()
-    assert "--held-panel 0.75 --held-layout many --grid-shift 8.0" in card
+    assert "--held-panel 0.75 --held-layout many --grid-shift 8.0 --input-perturbation 0.1" in card
+    assert "input noised with 0.1× extra noise the target leaves out" in card
     assert "the grids' training noise levels drawn at flow shift 8" in card
     assert "flow shift 3.1582 for the single images' training noise levels and sampling" in card
     assert "one to three panels noised at their own lower level and left out of the loss in 75% of the grids" in card
