@@ -12,7 +12,8 @@ from .stats import bootstrap_interval
 COLUMNS = ("method", "identity consistency", "95 % interval (characters resampled)", "of readable pairs",
            "embedder distance", "prompt conformity", "subject conformity", "validity",
            "pairs agreeing per attribute (shape color pattern eyes accessory)", "tuning evals", "tuning s",
-           "evals / image", "s / image", "÷ plain CFG drawn beside (evals / s)", "peak MB")
+           "evals / image", "s / image", "÷ plain CFG drawn beside (evals / s)", "peak MB",
+           "unreadable per attribute (shape color pattern eyes accessory background position)")
 
 
 def table_row(run: MethodRun, scores: Scores) -> list[str]:
@@ -25,7 +26,8 @@ def table_row(run: MethodRun, scores: Scores) -> list[str]:
             f"{scores.prompt_conformity:.1%}", f"{scores.subject_conformity:.1%}", f"{scores.validity:.1%}",
             " ".join(f"{v:.0%}" for v in scores.attribute_consistency.values()),
             f"{run.tuning.evaluations}", f"{run.tuning.seconds:.1f}", f"{run.generation.evaluations / images:.1f}",
-            f"{run.generation.seconds / images:.3f}", ratio_to_plain(run), f"{peak:.0f}"]
+            f"{run.generation.seconds / images:.3f}", ratio_to_plain(run), f"{peak:.0f}",
+            " ".join(f"{v:.1%}" for v in scores.unreadable.values())]
 
 
 def ratio_to_plain(run: MethodRun) -> str:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..sprites.attributes import ATTRIBUTES, CONTEXT_ATTRIBUTES, IDENTITY_ATTRIBUTES
+from ..sprites.attributes import ATTRIBUTE_NAMES, ATTRIBUTES, CONTEXT_ATTRIBUTES, IDENTITY_ATTRIBUTES
 from ..sprites.captions import parse_prompt
 from ..sprites.oracle import Oracle, identity_of
 from .harness import MethodRun, same_character_pairs
@@ -29,6 +29,8 @@ class Scores:
     identities: list = field(default_factory=list)
     # (agreeing pairs, pairs) per character: what `bench.stats` resamples and `bench.pool` pools across runs
     character_pairs: list = field(default_factory=list)
+    # per attribute: share of images the oracle reads below its threshold on it (which attributes cost validity)
+    unreadable: dict[str, float] = field(default_factory=dict)
 
 
 def _named(prompt: str, attributes) -> dict[str, int]:
@@ -68,4 +70,5 @@ def score(run: MethodRun, oracle: Oracle, embedder=None) -> Scores:
         identities=[None if identity is None else {a: ATTRIBUTES[a][getattr(identity, a)] for a in IDENTITY_ATTRIBUTES}
                     for identity in identities],
         character_pairs=counts,
+        unreadable={a: float((reading.confidences[a] <= reading.threshold).float().mean()) for a in ATTRIBUTE_NAMES},
     )

@@ -47,6 +47,27 @@ def test_one_identity_per_character_scores_full_consistency_and_conformity(oracl
     assert set(scores.attribute_consistency.values()) == {1.0}
 
 
+def test_unreadable_names_the_attribute_that_cost_each_image_its_validity(oracle):
+    from dataclasses import replace as replace_field
+
+    from protagonist.bench.report import COLUMNS, table_row
+
+    class PatternBlindOracle:  # the real reading, with image 1's pattern confidence at the threshold
+        def read(self, images):
+            reading = oracle.read(images)
+            confidences = dict(reading.confidences, pattern=reading.confidences["pattern"].clone())
+            confidences["pattern"][1] = reading.threshold
+            return replace_field(reading, confidences=confidences, valid=reading.valid & (torch.arange(4) != 1))
+
+    run = _render_run([[Identity.from_index(7)] * 2, [Identity.from_index(900)] * 2])
+    scores = score(run, PatternBlindOracle())
+    assert scores.validity == 0.75
+    assert scores.unreadable == {**{a: 0.0 for a in scores.unreadable}, "pattern": 0.25}
+    assert list(scores.unreadable) == [*IDENTITY_ATTRIBUTES, "background", "position"]
+    row = dict(zip(COLUMNS, table_row(run, scores)))
+    assert row[COLUMNS[-1]] == "0.0% 0.0% 25.0% 0.0% 0.0% 0.0% 0.0%"
+
+
 def test_different_identities_score_zero_consistency(oracle):
     run = _render_run([[Identity.from_index(i) for i in (1, 2, 3)]])
     scores = score(run, oracle)
