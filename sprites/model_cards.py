@@ -64,8 +64,8 @@ def _recipe_flags(args) -> str:
             + f"--min-snr {args.min_snr} --seed {args.seed}")
 
 
-def _caption_and_grid_clauses(args) -> str:
-    """The recipe's caption and grid options, as both cards describe them."""
+def _recipe_clauses(args) -> str:
+    """The recipe's caption, grid and noise options, as both cards describe them."""
     return ((f", the adjectives before the class word hidden from the denoiser in {args.hide_modifiers:.0%} of "
              "captions (`hide_modifiers`)" if args.hide_modifiers else "")
             + (f", the adjectives before the class word folded into its state in {args.fold_modifiers:.0%} of "
@@ -89,7 +89,7 @@ def _held_clause(args) -> str:
 def _training_lines(args) -> list[str]:
     """What a from-scratch card says about the denoiser's recipe beyond the step counts."""
     return [f"* learning rate {args.lr}, EMA decay {args.ema}; eyes and accessory as adjectives before the class "
-            f"word in {args.prenominal:.0%} of the captions that name them" + _caption_and_grid_clauses(args)]
+            f"word in {args.prenominal:.0%} of the captions that name them" + _recipe_clauses(args)]
 
 
 def _stage_title(args) -> str:
@@ -127,7 +127,7 @@ def write_finetune_card(folder: Path, previous_card: str, args, losses, seconds:
         "(the EMA weights are saved)"
         + (f", one batch of grids every {args.grid_every} steps" if args.grid_every else "")
         + (f", loss weight {args.sprite_weight} on the characters' pixels" if args.sprite_weight != 1.0 else "")
-        + _caption_and_grid_clauses(args),
+        + _recipe_clauses(args),
         *([f"* flow shift {FLUX_FLOW_SHIFT} for {_shifted_levels(args)} and sampling (ComfyUI's FLUX default)"]
           if args.family == "flux" else []),
         *([f"* first the VAE: {args.vae_grid_steps} steps teaching it to code 2×2 grids as their four panels "
