@@ -26,7 +26,7 @@ def write_card(folder: Path, family: str, args, vae_losses, losses, stats: dict,
         f"{torch.get_num_threads()} CPU threads (wall time, with other jobs sharing the 2 cores at times)",
         f"* weights: {size / 1e6:.1f} MB (float16 safetensors)",
         *([f"* loss weight {args.sprite_weight} on the characters' pixels"] if args.sprite_weight != 1.0 else []),
-        *([f"* flow shift {FLUX_FLOW_SHIFT} for {_shifted_levels(args)} and sampling"] if family == "flux" else []),
+        *([f"* flow shift {FLUX_FLOW_SHIFT} for {_shifted_levels(args)}"] if family == "flux" else []),
         *_training_lines(args),
         "", f"Reproduce: `python -m protagonist.sprites.train_models {family} --steps {args.steps} "
             f"--vae-steps {args.vae_steps} {_stop_flag(args)}--threads {args.threads} {_recipe_flags(args)}`",
@@ -60,6 +60,7 @@ def _recipe_flags(args) -> str:
             f"--prenominal {args.prenominal} --held-panel {args.held_panel} "
             + (f"--held-layout {args.held_layout} " if args.held_layout != "one" else "")
             + (f"--grid-shift {args.grid_shift} " if args.grid_shift else "")
+            + (f"--single-shift {args.single_shift} " if args.single_shift else "")
             + (f"--input-perturbation {args.input_perturbation} " if args.input_perturbation else "")
             + f"--min-snr {args.min_snr} --seed {args.seed}")
 
@@ -74,6 +75,8 @@ def _recipe_clauses(args) -> str:
             + (f", min-SNR-γ loss weighting with γ = {args.min_snr:g} (`min_snr_weights`)" if args.min_snr else "")
             + (f", the grids' training noise levels drawn at flow shift {args.grid_shift:g}"
                if args.grid_shift else "")
+            + (f", the single images' training noise levels drawn at flow shift {args.single_shift:g}"
+               if args.single_shift else "")
             + (f", the denoiser's input noised with {args.input_perturbation:g}× extra noise the target leaves out "
                "(input perturbation)" if args.input_perturbation else ""))
 
@@ -106,13 +109,20 @@ def _stage_title(args) -> str:
         parts.append(f"min-SNR-{args.min_snr:g} loss weighting")
     if args.grid_shift:
         parts.append(f"grids trained at flow shift {args.grid_shift:g}")
+    if args.single_shift:
+        parts.append(f"single images trained at flow shift {args.single_shift:g}")
     if args.input_perturbation:
         parts.append(f"input perturbation {args.input_perturbation:g}")
     return "; ".join(parts or ["more training"])
 
 
 def _shifted_levels(args) -> str:
-    return "the single images' training noise levels" if args.grid_shift else "training noise levels"
+    """What the model's own flow shift still sets: sampling, and the training noise levels no flag moved."""
+    if args.single_shift:
+        grids_unmoved = args.grid_every and not args.grid_shift
+        return "the grids' training noise levels and sampling" if grids_unmoved else "sampling"
+    levels = "the single images' training noise levels" if args.grid_shift else "training noise levels"
+    return f"{levels} and sampling"
 
 
 def write_finetune_card(folder: Path, previous_card: str, args, losses, seconds: float, size: int,
@@ -128,7 +138,7 @@ def write_finetune_card(folder: Path, previous_card: str, args, losses, seconds:
         + (f", one batch of grids every {args.grid_every} steps" if args.grid_every else "")
         + (f", loss weight {args.sprite_weight} on the characters' pixels" if args.sprite_weight != 1.0 else "")
         + _recipe_clauses(args),
-        *([f"* flow shift {FLUX_FLOW_SHIFT} for {_shifted_levels(args)} and sampling (ComfyUI's FLUX default)"]
+        *([f"* flow shift {FLUX_FLOW_SHIFT} for {_shifted_levels(args)} (ComfyUI's FLUX default)"]
           if args.family == "flux" else []),
         *([f"* first the VAE: {args.vae_grid_steps} steps teaching it to code 2×2 grids as their four panels "
            f"(`finetune_vae_on_grids`), {vae_seconds:.0f} s"] if args.vae_grid_steps else []),

@@ -264,7 +264,8 @@ def train_denoiser(backend, steps: int, batch: int, run_dir: Path, seed: int, gr
                    prenominal_rate: float = PRENOMINAL_PROBABILITY, fold_rate: float = 0.0,
                    held_rate: float = 0.0, min_snr: float | None = None,
                    held_layout: str = "one", stop_after: int | None = None,
-                   grid_shift: float | None = None, input_perturbation: float = 0.0) -> tuple[list[float], float]:
+                   grid_shift: float | None = None, input_perturbation: float = 0.0,
+                   single_shift: float | None = None) -> tuple[list[float], float]:
     """Denoiser + text encoders; every `grid_every`-th step is a batch of 2×2 grids (0 = never).
 
     With `ema_decay` > 0 the modules end with the exponential moving average of their weights;
@@ -272,7 +273,9 @@ def train_denoiser(backend, steps: int, batch: int, run_dir: Path, seed: int, gr
     ends the run early on the learning-rate schedule of `steps`, so that a long run can be taken in parts
     (each part resumes from the last) and any part reproduced. `grid_shift` (FLUX) draws the grids' noise
     levels at that flow shift: a grid has four times a sprite's tokens, so its panels' shared character is
-    decided at higher noise, as FLUX's resolution-dependent shift has it. `input_perturbation`: see
+    decided at higher noise, as FLUX's resolution-dependent shift has it. `single_shift` (FLUX) does the same
+    for the single images, so that training dwells on the noise levels where a character is decided while
+    sampling keeps the model's shift. `input_perturbation`: see
     :func:`~protagonist.core.training.denoising_error`.
     """
     end = min(steps, stop_after or steps)
@@ -297,7 +300,7 @@ def train_denoiser(backend, steps: int, batch: int, run_dir: Path, seed: int, gr
         loss = denoiser_loss(backend, images, captions, torch.Generator().manual_seed(seed + step),
                              pixel_weights=sprite_weights(masks, sprite_weight), hide_rate=hide_rate,
                              fold_rate=fold_rate, held_rate=held_rate if grids else 0.0, min_snr=min_snr,
-                             held_layout=held_layout, sigma_shift=grid_shift if grids else None,
+                             held_layout=held_layout, sigma_shift=grid_shift if grids else single_shift,
                              input_perturbation=input_perturbation)
         optimizer.zero_grad()
         loss.backward()
@@ -372,7 +375,8 @@ def finetune(args, run_dir: Path, folder: Path) -> int:
                                      prenominal_rate=args.prenominal, fold_rate=args.fold_modifiers,
                                      held_rate=args.held_panel, min_snr=args.min_snr or None,
                                      held_layout=args.held_layout, stop_after=args.stop_after,
-                                     grid_shift=args.grid_shift, input_perturbation=args.input_perturbation)
+                                     grid_shift=args.grid_shift, input_perturbation=args.input_perturbation,
+                                     single_shift=args.single_shift)
     size = save_pipeline(args.family, parts, folder)
     write_finetune_card(folder, previous_card, args, losses, seconds, size, vae_seconds)
     atomic_write_json({"losses": losses, "seconds": seconds}, run_dir / "finetune-curves.json")
@@ -421,6 +425,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="flux: the flow shift the grids' training noise levels are drawn at (default: the "
                              "model's, 3.16); a grid has four times a sprite's tokens, and FLUX trains and samples "
                              "larger images at a higher shift")
+    parser.add_argument("--single-shift", type=float, default=None,
+                        help="flux: the flow shift the single images' training noise levels are drawn at (default: "
+                             "the model's, 3.16; sampling keeps it): a higher one trains more often at the heavy "
+                             "noise where a character's shape, colour and pattern are decided")
     parser.add_argument("--input-perturbation", type=float, default=0.0, metavar="GAMMA",
                         help="noise the denoiser's input with noise + GAMMA × extra noise but keep the target "
                              "(Ning et al. 2023; 0.1 is the paper's): sampling feeds the denoiser its own earlier "
@@ -449,9 +457,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--new-transformer needs flux and --finetune-from (the VAE and text encoders it trains on)")
     if args.stop_after is not None and not 0 < args.stop_after <= args.steps:
         parser.error(f"--stop-after must be between 1 and --steps ({args.steps}), got {args.stop_after}")
-    if args.grid_shift is not None and (args.family != "flux" or args.grid_shift <= 0):
-        parser.error(f"--grid-shift must be positive and works for flux only (a flow schedule), got "
-                     f"{args.grid_shift} for {args.family}")
+    for flag, shift in (("--grid-shift", args.grid_shift), ("--single-shift", args.single_shift)):
+        if shift is not None and (args.family != "flux" or shift <= 0):
+            parser.error(f"{flag} must be positive and works for flux only (a flow schedule), got "
+                         f"{shift} for {args.family}")
     if not 0 <= args.input_perturbation < 1:
         parser.error(f"--input-perturbation must be in [0, 1) (0.1 is the paper's), got {args.input_perturbation}")
     if args.min_snr < 0:
@@ -475,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
                                                  prenominal_rate=args.prenominal, fold_rate=args.fold_modifiers,
                                                  held_rate=args.held_panel, min_snr=args.min_snr or None,
                                                  held_layout=args.held_layout, stop_after=args.stop_after,
-                                                 grid_shift=args.grid_shift,
+                                                 grid_shift=args.grid_shift, single_shift=args.single_shift,
                                                  input_perturbation=args.input_perturbation)
     size = save_pipeline(args.family, parts, folder)
     write_card(folder, args.family, args, vae_losses, losses, stats, seconds, size)

@@ -214,6 +214,24 @@ def test_the_held_quadrant_is_left_out_of_the_grid_loss(monkeypatch):
     assert (seen["scale"] < 1).any() and loss.item() == 0.0
 
 
+def test_single_images_and_grids_draw_their_noise_at_their_own_flow_shift(monkeypatch, tmp_path):
+    import protagonist.sprites.train_models as train_models
+    from protagonist.core.backends.loading import backend_from_components
+    from protagonist.sprites.models import build_flux
+
+    shifts = []
+
+    def recording_loss(backend, images, captions, generator, sigma_shift=None, **unused_options):
+        shifts.append((images.shape[-1], sigma_shift))
+        return next(backend.denoiser.parameters()).sum() * 0.0
+
+    monkeypatch.setattr(train_models, "denoiser_loss", recording_loss)
+    backend = backend_from_components("flux", build_flux())
+    train_models.train_denoiser(backend, 4, 4, tmp_path / "run", seed=0, grid_every=2, grid_shift=8.0,
+                                single_shift=6.0)
+    assert shifts == [(32, 6.0), (64, 8.0), (32, 6.0), (64, 8.0)]
+
+
 def test_flux_sprite_model_trains_and_samples_at_comfyuis_flux_shift():
     from protagonist.core.backends.loading import backend_from_components
     from protagonist.sprites.models import FLUX_FLOW_SHIFT, build_flux
@@ -264,12 +282,13 @@ def test_folded_modifiers_reach_the_denoiser_only_through_the_class_word_state()
     assert torch.equal(kept.embeds, cond.embeds)
 
 
-def test_min_snr_grid_shift_and_input_perturbation_are_refused_for_a_wrong_family_or_value_before_training(tmp_path):
+def test_min_snr_shifts_and_input_perturbation_are_refused_for_a_wrong_family_or_value_before_training(tmp_path):
     from protagonist.sprites.train_models import main
 
     for argv in (["flux", "--min-snr", "5"], ["sdxl", "--min-snr", "-1"], ["sdxl", "--grid-shift", "8"],
                  ["flux", "--grid-shift", "0"], ["flux", "--input-perturbation", "-0.1"],
-                 ["sdxl", "--input-perturbation", "1.5"]):
+                 ["sdxl", "--input-perturbation", "1.5"], ["sdxl", "--single-shift", "6"],
+                 ["flux", "--single-shift", "-1"]):
         with pytest.raises(SystemExit):
             main([*argv, "--steps", "1", "--run-dir", str(tmp_path / "run"), "--out", str(tmp_path / "model")])
     assert not (tmp_path / "run").exists()
@@ -293,7 +312,7 @@ def test_a_from_scratch_card_repeats_every_recipe_flag(tmp_path):
     args = argparse.Namespace(seed=20, vae_steps=1000, batch=32, steps=6500, grid_every=0, sprite_weight=6.0,
                               lr=5e-4, ema=0.999, hide_modifiers=0.0, fold_modifiers=0.8, prenominal=0.9,
                               held_panel=0.0, held_layout="one", min_snr=5.0, threads=2, stop_after=None,
-                              grid_shift=None, input_perturbation=0.0)
+                              grid_shift=None, input_perturbation=0.0, single_shift=None)
     write_card(tmp_path, "sdxl", args, [0.1], [0.05], {}, {"vae": 600.0, "denoiser": 3000.0}, 17_000_000)
     card = (tmp_path / "MODEL_CARD.md").read_text()
     for flag in ("--steps 6500", "--vae-steps 1000", "--threads 2", "--lr 0.0005", "--ema 0.999", "--sprite-weight 6.0",
@@ -309,7 +328,7 @@ def test_a_card_names_the_many_held_layout_the_grid_shift_the_input_perturbation
     args = argparse.Namespace(seed=32, vae_steps=1000, batch=32, steps=3000, grid_every=2, sprite_weight=4.0,
                               lr=2e-4, ema=0.999, hide_modifiers=0.0, fold_modifiers=0.0, prenominal=0.9,
                               held_panel=0.75, held_layout="many", min_snr=0.0, threads=1, stop_after=None,
-                              grid_shift=8.0, input_perturbation=0.1)
+                              grid_shift=8.0, input_perturbation=0.1, single_shift=None)
     write_card(tmp_path, "flux", args, [0.1], [0.05], {}, {"vae": 600.0, "denoiser": 3000.0}, 7_700_000)
     card = (tmp_path / "MODEL_CARD.md").read_text()
     assert "--held-panel 0.75 --held-layout many --grid-shift 8.0 --input-perturbation 0.1" in card
@@ -317,3 +336,23 @@ def test_a_card_names_the_many_held_layout_the_grid_shift_the_input_perturbation
     assert "the grids' training noise levels drawn at flow shift 8" in card
     assert "flow shift 3.1582 for the single images' training noise levels and sampling" in card
     assert "one to three panels noised at their own lower level and left out of the loss in 75% of the grids" in card
+
+
+@pytest.mark.parametrize("grid_shift, model_shift_sets", [
+    (8.0, "flow shift 3.1582 for sampling (ComfyUI's FLUX default)"),
+    (None, "flow shift 3.1582 for the grids' training noise levels and sampling (ComfyUI's FLUX default)")])
+def test_a_card_names_the_single_images_shift_and_what_the_models_shift_still_sets(tmp_path, grid_shift,
+                                                                                  model_shift_sets):
+    from protagonist.sprites.model_cards import write_finetune_card
+
+    args = argparse.Namespace(family="flux", seed=72, batch=32, steps=3000, grid_every=2, sprite_weight=4.0, lr=2e-4,
+                              ema=0.999, hide_modifiers=0.0, fold_modifiers=0.0, prenominal=0.5, held_panel=0.0,
+                              held_layout="one", min_snr=0.0, threads=1, stop_after=None, grid_shift=grid_shift,
+                              input_perturbation=0.0, single_shift=6.0, vae_grid_steps=0, new_transformer=None,
+                              init_seed=0)
+    write_finetune_card(tmp_path, "# card", args, [0.3], 100.0, 25_000_000)
+    card = (tmp_path / "MODEL_CARD.md").read_text()
+    assert "single images trained at flow shift 6" in card
+    assert "the single images' training noise levels drawn at flow shift 6" in card
+    assert "--single-shift 6.0" in card
+    assert model_shift_sets in card
