@@ -26,7 +26,7 @@ def write_card(folder: Path, family: str, args, vae_losses, losses, stats: dict,
         f"{torch.get_num_threads()} CPU threads (wall time, with other jobs sharing the 2 cores at times)",
         f"* weights: {size / 1e6:.1f} MB (float16 safetensors)",
         *([f"* loss weight {args.sprite_weight} on the characters' pixels"] if args.sprite_weight != 1.0 else []),
-        *([f"* flow shift {FLUX_FLOW_SHIFT} for {_shifted_levels(args)}"] if family == "flux" else []),
+        *([f"* flow shift {FLUX_FLOW_SHIFT} for {_set_by_model_shift(args)}"] if family == "flux" else []),
         *_training_lines(args),
         "", f"Reproduce: `python -m protagonist.sprites.train_models {family} --steps {args.steps} "
             f"--vae-steps {args.vae_steps} {_stop_flag(args)}--threads {args.threads} {_recipe_flags(args)}`",
@@ -116,7 +116,7 @@ def _stage_title(args) -> str:
     return "; ".join(parts or ["more training"])
 
 
-def _shifted_levels(args) -> str:
+def _set_by_model_shift(args) -> str:
     """What the model's own flow shift still sets: sampling, and the training noise levels no flag moved."""
     if args.single_shift:
         grids_unmoved = args.grid_every and not args.grid_shift
@@ -138,7 +138,7 @@ def write_finetune_card(folder: Path, previous_card: str, args, losses, seconds:
         + (f", one batch of grids every {args.grid_every} steps" if args.grid_every else "")
         + (f", loss weight {args.sprite_weight} on the characters' pixels" if args.sprite_weight != 1.0 else "")
         + _recipe_clauses(args),
-        *([f"* flow shift {FLUX_FLOW_SHIFT} for {_shifted_levels(args)} (ComfyUI's FLUX default)"]
+        *([f"* flow shift {FLUX_FLOW_SHIFT} for {_set_by_model_shift(args)} (ComfyUI's FLUX default)"]
           if args.family == "flux" else []),
         *([f"* first the VAE: {args.vae_grid_steps} steps teaching it to code 2×2 grids as their four panels "
            f"(`finetune_vae_on_grids`), {vae_seconds:.0f} s"] if args.vae_grid_steps else []),

@@ -274,8 +274,8 @@ def train_denoiser(backend, steps: int, batch: int, run_dir: Path, seed: int, gr
     (each part resumes from the last) and any part reproduced. `grid_shift` (FLUX) draws the grids' noise
     levels at that flow shift: a grid has four times a sprite's tokens, so its panels' shared character is
     decided at higher noise, as FLUX's resolution-dependent shift has it. `single_shift` (FLUX) does the same
-    for the single images, so that training dwells on the noise levels where a character is decided while
-    sampling keeps the model's shift. `input_perturbation`: see
+    for the single images while sampling keeps the model's shift: higher trains more at the heavy noise where
+    shape and colour are decided, lower more where a pattern's marks are drawn. `input_perturbation`: see
     :func:`~protagonist.core.training.denoising_error`.
     """
     end = min(steps, stop_after or steps)
@@ -428,7 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--single-shift", type=float, default=None,
                         help="flux: the flow shift the single images' training noise levels are drawn at (default: "
                              "the model's, 3.16; sampling keeps it): a higher one trains more often at the heavy "
-                             "noise where a character's shape, colour and pattern are decided")
+                             "noise where shape and colour are decided, a lower one where a pattern's marks are "
+                             "drawn")
     parser.add_argument("--input-perturbation", type=float, default=0.0, metavar="GAMMA",
                         help="noise the denoiser's input with noise + GAMMA × extra noise but keep the target "
                              "(Ning et al. 2023; 0.1 is the paper's): sampling feeds the denoiser its own earlier "
