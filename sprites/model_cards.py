@@ -50,7 +50,8 @@ def _stop_flag(args) -> str:
 
 def _new_transformer_flags(args) -> str:
     shape = args.new_transformer
-    return f"--new-transformer {','.join(map(str, shape))} --init-seed {args.init_seed} " if shape else ""
+    flags = f"--new-transformer {','.join(map(str, shape))} --init-seed {args.init_seed} " if shape else ""
+    return flags + (f"--deepen {args.deepen} " if getattr(args, "deepen", 0) else "")
 
 
 def _recipe_flags(args) -> str:
@@ -101,6 +102,8 @@ def _stage_title(args) -> str:
         heads, double_blocks, single_blocks = args.new_transformer
         parts.append(f"a new transformer of width {32 * heads} ({double_blocks} double + {single_blocks} single "
                      "blocks) trained from scratch on the earlier stages' VAE and text encoders")
+    if getattr(args, "deepen", 0):
+        parts.append(f"{args.deepen} single blocks added to the transformer, each starting as the identity")
     if args.sprite_weight != 1.0:
         parts.append(f"the characters' pixels weighted {args.sprite_weight:g}×")
     if args.hide_modifiers or args.fold_modifiers:

@@ -8,6 +8,9 @@ loaded by the same `load_backend` that loads real checkpoints.
 
 from __future__ import annotations
 
+import copy
+import math
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -93,6 +96,30 @@ def flux_transformer(shape: tuple[int, int, int]):
     return FluxTransformer2DModel(**tiny_models.flux_transformer_config(
         latent_channels=16, context=64, pooled=64, layers=double_blocks, single_layers=single_blocks, heads=heads,
         head_dim=32, rope_axes=(8, 12, 12)))
+
+
+def deepen_single_stack(transformer, extra: int):
+    """`transformer` with `extra` more single blocks spread through its single stack, each starting as the identity:
+    a copy of the block before it with its output projection zeroed, so the grown model predicts exactly what the
+    trained one did and its first steps learn what the new depth adds."""
+    blocks = list(transformer.single_transformer_blocks)
+    if extra < 1 or not blocks:
+        raise ValueError(f"can add only a positive number of single blocks to a transformer that has some; got "
+                         f"{extra} for one with {len(blocks)}")
+    copies_after = Counter(math.ceil((i + 1) * len(blocks) / (extra + 1)) - 1 for i in range(extra))
+    grown = []
+    for index, block in enumerate(blocks):
+        grown += [block] + [_identity_copy(block) for _ in range(copies_after[index])]
+    transformer.single_transformer_blocks = torch.nn.ModuleList(grown)
+    transformer.register_to_config(num_single_layers=len(grown))
+    return transformer
+
+
+def _identity_copy(block):
+    twin = copy.deepcopy(block)
+    torch.nn.init.zeros_(twin.proj_out.weight)
+    torch.nn.init.zeros_(twin.proj_out.bias)
+    return twin
 
 
 def sprite_scheduler(family: str):

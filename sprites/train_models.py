@@ -26,8 +26,8 @@ from .attributes import CLASS_WORD, Context, Identity
 from .captions import PRENOMINAL_PROBABILITY, random_caption, random_grid_caption
 from .held_panels import HELD_LAYOUTS, held_noise
 from .model_cards import write_card, write_finetune_card
-from .models import (FLUX_DIR, FLUX_TRANSFORMER_SHAPE, SDXL_DIR, build_flux, build_sdxl, flux_transformer,
-                     load_for_finetuning)
+from .models import (FLUX_DIR, FLUX_TRANSFORMER_SHAPE, SDXL_DIR, build_flux, build_sdxl, deepen_single_stack,
+                     flux_transformer, load_for_finetuning)
 from .world import render_grid_with_mask, render_with_mask, split_grid, tile_grid
 
 log = logging.getLogger(__name__)
@@ -363,6 +363,8 @@ def finetune(args, run_dir: Path, folder: Path) -> int:
     if args.new_transformer:
         torch.manual_seed(args.init_seed)
         parts["transformer"] = flux_transformer(args.new_transformer)
+    if args.deepen:
+        parts["transformer"] = deepen_single_stack(parts["transformer"], args.deepen)
     vae_seconds = 0.0
     if args.vae_grid_steps:
         _, vae_seconds = finetune_vae_on_grids(parts["vae"], args.vae_grid_steps, args.batch, run_dir / "vae-grids",
@@ -442,6 +444,9 @@ def main(argv: list[str] | None = None) -> int:
                              "width 32, double blocks, single blocks) from scratch on the source's VAE and text "
                              f"encoders; a from-scratch run's is {_shape_text(FLUX_TRANSFORMER_SHAPE)}, the shipped "
                              "stage 13's 8,2,6")
+    parser.add_argument("--deepen", type=int, default=0, metavar="N",
+                        help="flux, with --finetune-from: add N single blocks to the transformer, each starting as "
+                             "the identity (the grown model first predicts what the source did)")
     parser.add_argument("--init-seed", type=int, default=0, help="seed of the new transformer's initial weights")
     parser.add_argument("--finetune-from", default=None,
                         help="a trained sprite model folder: keep its VAE, carry its text encoders onto today's "
@@ -456,6 +461,8 @@ def main(argv: list[str] | None = None) -> int:
                      "a flow")
     if args.new_transformer and (args.family != "flux" or not args.finetune_from):
         parser.error("--new-transformer needs flux and --finetune-from (the VAE and text encoders it trains on)")
+    if args.deepen and (args.family != "flux" or not args.finetune_from or args.deepen < 0):
+        parser.error(f"--deepen needs flux, --finetune-from and a positive block count, got {args.deepen}")
     if args.stop_after is not None and not 0 < args.stop_after <= args.steps:
         parser.error(f"--stop-after must be between 1 and --steps ({args.steps}), got {args.stop_after}")
     for flag, shift in (("--grid-shift", args.grid_shift), ("--single-shift", args.single_shift)):

@@ -127,6 +127,69 @@ def test_flux_finetune_can_start_a_new_transformer_shift_the_grids_perturb_input
     assert "flow shift 3.1582 for the single images' training noise levels and sampling" in card
 
 
+@pytest.mark.parametrize("extra, expected_copies_of", [(1, [0]), (2, [0, 1]), (3, [0, 0, 1])])
+def test_deepening_adds_identity_single_blocks_spread_through_the_stack_and_predicts_as_before(extra,
+                                                                                             expected_copies_of):
+    from diffusers import FluxTransformer2DModel
+
+    from protagonist.core.tiny_models import flux_transformer_config
+    from protagonist.sprites.models import deepen_single_stack
+
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(**flux_transformer_config(
+        latent_channels=4, context=16, pooled=16, layers=1, single_layers=2, heads=2, head_dim=16,
+        rope_axes=(4, 6, 6))).eval()
+    originals = list(transformer.single_transformer_blocks)
+    inputs = dict(hidden_states=torch.randn(2, 4, 16), encoder_hidden_states=torch.randn(2, 3, 16),
+                  pooled_projections=torch.randn(2, 16), timestep=torch.tensor([0.3, 0.8]), img_ids=torch.zeros(4, 3),
+                  txt_ids=torch.zeros(3, 3), guidance=torch.tensor([3.0, 3.0]), return_dict=False)
+    with torch.no_grad():
+        before = transformer(**inputs)[0]
+        deepen_single_stack(transformer, extra)
+        after = transformer(**inputs)[0]
+    assert torch.equal(before, after)
+    blocks = list(transformer.single_transformer_blocks)
+    assert transformer.config.num_single_layers == len(blocks) == 2 + extra
+    added = [block for block in blocks if all(block is not original for original in originals)]
+    assert [originals.index(_block_before(blocks, block, originals)) for block in added] == expected_copies_of
+    assert all(torch.count_nonzero(block.proj_out.weight) == 0 for block in added)
+    assert all(torch.equal(block.attn.to_q.weight, _block_before(blocks, block, originals).attn.to_q.weight)
+               for block in added)
+
+
+def _block_before(blocks, block, originals):
+    """The last original block above `block` in the grown stack (the one it was copied from)."""
+    return [b for b in blocks[:blocks.index(block)] if any(b is o for o in originals)][-1]
+
+
+def test_a_deepened_flux_finetune_saves_the_grown_transformer_and_says_so(tmp_path):
+    import json
+
+    from protagonist.sprites.models import FLUX_DIR
+    from protagonist.sprites.train_models import main
+
+    out = tmp_path / "model"
+    args = ["flux", "--finetune-from", str(FLUX_DIR), "--new-transformer", "2,1,1", "--deepen", "2", "--steps", "1",
+            "--batch", "8", "--grid-every", "0", "--threads", "1", "--run-dir", str(tmp_path / "run"),
+            "--out", str(out)]
+    assert main(args) == 0
+    config = json.loads((out / "transformer" / "config.json").read_text())
+    assert (config["num_layers"], config["num_single_layers"]) == (1, 3)
+    card = (out / "MODEL_CARD.md").read_text().split("## Stage ")[-1]
+    assert "2 single blocks added to the transformer, each starting as the identity" in card
+    assert "--new-transformer 2,1,1 --init-seed 0 --deepen 2 " in card
+
+
+@pytest.mark.parametrize("argv", [["sdxl", "--finetune-from", "x", "--deepen", "1"], ["flux", "--deepen", "1"],
+                                  ["flux", "--finetune-from", "x", "--deepen", "-1"]])
+def test_deepening_is_refused_without_flux_a_source_or_a_positive_count(tmp_path, argv):
+    from protagonist.sprites.train_models import main
+
+    with pytest.raises(SystemExit):
+        main([*argv, "--steps", "1", "--run-dir", str(tmp_path / "run"), "--out", str(tmp_path / "model")])
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_run_stopped_early_saves_says_so_and_resumes_on_the_same_schedule(tmp_path):
     import json
 
