@@ -11,9 +11,7 @@ with a model card.
 from __future__ import annotations
 
 import argparse
-import copy
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,139 +20,16 @@ import torch
 from ..core.backends.loading import backend_from_components, pipeline_class
 from ..core.checkpoint import atomic_folder, atomic_write_json, load_checkpoint, save_checkpoint
 from ..core.training import denoising_error
-from .attributes import CLASS_WORD, Context, Identity
-from .captions import PRENOMINAL_PROBABILITY, random_caption, random_grid_caption
+from .attributes import CLASS_WORD
+from .captions import PRENOMINAL_PROBABILITY
 from .held_panels import HELD_LAYOUTS, held_noise
 from .model_cards import write_card, write_finetune_card
 from .models import (FLUX_DIR, FLUX_TRANSFORMER_SHAPE, SDXL_DIR, build_flux, build_sdxl, deepen_single_stack,
                      flux_transformer, load_for_finetuning)
-from .world import render_grid_with_mask, render_with_mask, split_grid, tile_grid
+from .training_data import Clock, sprite_batch
+from .vae_training import finetune_vae_on_grids, standardise_latents, train_vae
 
 log = logging.getLogger(__name__)
-
-
-class Clock:
-    """Training seconds, carried across resumes."""
-
-    def __init__(self, before: float):
-        self.before, self.start = before, time.time()
-
-    def seconds(self) -> float:
-        return self.before + time.time() - self.start
-
-
-def sprite_batch(rng: np.random.Generator, n: int, grids: bool,
-                 prenominal_rate: float = PRENOMINAL_PROBABILITY) -> tuple[torch.Tensor, list[str], torch.Tensor]:
-    """Images, captions and the masks [n, 1, H, W] of the pixels the characters cover; `prenominal_rate` is
-    the share of captions that name eyes and accessory as adjectives before the class word."""
-    images, captions, masks = [], [], []
-    for _ in range(n):
-        identity = Identity.random(rng)
-        if grids:
-            contexts = [Context.random(rng) for _ in range(4)]
-            image, mask = render_grid_with_mask(identity, contexts, rng)
-            captions.append(random_grid_caption(identity, contexts, rng, prenominal_rate))
-        else:
-            context = Context.random(rng)
-            image, mask = render_with_mask(identity, context, rng)
-            captions.append(random_caption(identity, context, rng, prenominal_rate))
-        images.append(image)
-        masks.append(mask)
-    return torch.stack(images), captions, torch.stack(masks)
-
-
-def train_vae(vae, steps: int, batch: int, run_dir: Path, seed: int, lr: float = 1e-3) -> tuple[list[float], float]:
-    """Reconstruction (L1 + L2, which keeps the 1–2 px patterns sharper than L2 alone) + a light KL."""
-
-    def loss(rng: np.random.Generator) -> torch.Tensor:
-        images, _, _ = sprite_batch(rng, batch, grids=False)
-        posterior = vae.encode(images * 2 - 1).latent_dist
-        recon = vae.decode(posterior.sample()).sample
-        target = images * 2 - 1
-        return (torch.nn.functional.mse_loss(recon, target) + torch.nn.functional.l1_loss(recon, target)
-                + 1e-6 * posterior.kl().mean())
-
-    return _vae_training(vae, loss, steps, run_dir, seed, lr, "vae")
-
-
-def finetune_vae_on_grids(vae, steps: int, batch: int, run_dir: Path, seed: int, lr: float = 2e-4
-                          ) -> tuple[list[float], float]:
-    """Teach a VAE trained on single sprites to encode and decode 2×2 grids as four single sprites.
-
-    Its mid-block attention spans the whole latent, so a grid came out of it far worse than its panels
-    one by one. Targets come from a frozen copy: a grid's latent should be its panels' latents tiled,
-    a single sprite's latent stays what it was (the denoiser's latent space does not move), and the
-    decoder reconstructs both from the frozen copy's latents.
-    """
-    reference = copy.deepcopy(vae).eval().requires_grad_(False)
-
-    def loss(rng: np.random.Generator) -> torch.Tensor:
-        singles, _, _ = sprite_batch(rng, batch // 2, grids=False)
-        grids, _, _ = sprite_batch(rng, batch // 8, grids=True)
-        return _grid_vae_loss(vae, reference, singles * 2 - 1, grids * 2 - 1)
-
-    return _vae_training(vae, loss, steps, run_dir, seed, lr, "vae (grids)")
-
-
-def _vae_training(vae, loss_of_batch, steps: int, run_dir: Path, seed: int, lr: float, label: str
-                  ) -> tuple[list[float], float]:
-    """AdamW with a cosine learning rate; one seeded batch per step; resumable from `run_dir`."""
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=lr)
-    state = load_checkpoint(run_dir, {"vae": vae}, optimizer) or {"step": 0, "extra": {"losses": []}}
-    losses, clock = state["extra"]["losses"], Clock(state["extra"].get("seconds", 0.0))
-    vae.train().requires_grad_(True)
-    for step in range(state["step"], steps):
-        for group in optimizer.param_groups:
-            group["lr"] = lr * 0.5 * (1 + np.cos(np.pi * step / steps))
-        loss = loss_of_batch(np.random.default_rng(seed * 100003 + step))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(round(loss.item(), 5))
-        if (step + 1) % 100 == 0 or step + 1 == steps:
-            save_checkpoint(run_dir, step + 1, {"vae": vae}, optimizer,
-                            extra={"losses": losses, "seconds": clock.seconds()})
-            log.info("%s step %d/%d loss %.4f", label, step + 1, steps, np.mean(losses[-100:]))
-    vae.eval().requires_grad_(False)
-    return losses, clock.seconds()
-
-
-def _grid_vae_loss(vae, reference, singles: torch.Tensor, grids: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        single_latents = reference.encode(singles).latent_dist
-        panel_latents = reference.encode(split_grid(grids).flatten(0, 1)).latent_dist
-        grid_mean = tile_grid(panel_latents.mean.unflatten(0, (grids.shape[0], 4)))
-        grid_sample = tile_grid(panel_latents.sample().unflatten(0, (grids.shape[0], 4)))
-    mse, l1 = torch.nn.functional.mse_loss, torch.nn.functional.l1_loss
-    encoding = (mse(vae.encode(singles).latent_dist.mean, single_latents.mean)
-                + mse(vae.encode(grids).latent_dist.mean, grid_mean))
-    decoding = 0.0
-    for latents, images in ((single_latents.sample(), singles), (grid_sample, grids)):
-        decoded = vae.decode(latents).sample
-        decoding = decoding + mse(decoded, images) + l1(decoded, images)
-    return encoding + decoding
-
-
-@torch.no_grad()
-def standardise_latents(vae, scale: float, shift: float, seed: int) -> dict:
-    """Fold an affine map into the VAE so that (latent - shift) * scale has zero mean and unit variance.
-
-    The family's scale and shift are fixed by ComfyUI's latent format, so the VAE adapts to them.
-    """
-    images, _, _ = sprite_batch(np.random.default_rng(seed), 512, grids=False)
-    z = vae.encode(images * 2 - 1).latent_dist.mean
-    mean, std = z.mean(dim=(0, 2, 3)), z.std(dim=(0, 2, 3))
-    gain = 1.0 / (std * scale)
-    offset = shift - mean * gain
-    channels = mean.shape[0]
-    quant = vae.quant_conv
-    quant.weight[:channels] *= gain[:, None, None, None]
-    quant.bias[:channels] = quant.bias[:channels] * gain + offset
-    quant.bias[channels:] += 2 * torch.log(gain)
-    post = vae.post_quant_conv
-    post.bias -= (post.weight[:, :, 0, 0] * (offset / gain)[None, :]).sum(dim=1)
-    post.weight /= gain[None, :, None, None]
-    return {"raw_mean": mean.tolist(), "raw_std": std.tolist()}
 
 
 def denoiser_loss(backend, images, captions, generator, drop_rate: float = 0.1,
