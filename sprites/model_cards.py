@@ -48,10 +48,10 @@ def _stop_flag(args) -> str:
     return f"--stop-after {args.stop_after} " if _stopped_early(args) else ""
 
 
-def _new_transformer_flags(args) -> str:
+def _transformer_flags(args) -> str:
     shape = args.new_transformer
     flags = f"--new-transformer {','.join(map(str, shape))} --init-seed {args.init_seed} " if shape else ""
-    return flags + (f"--deepen {args.deepen} " if getattr(args, "deepen", 0) else "")
+    return flags + (f"--deepen {args.deepen} " if args.deepen else "")
 
 
 def _recipe_flags(args) -> str:
@@ -102,7 +102,7 @@ def _stage_title(args) -> str:
         heads, double_blocks, single_blocks = args.new_transformer
         parts.append(f"a new transformer of width {32 * heads} ({double_blocks} double + {single_blocks} single "
                      "blocks) trained from scratch on the earlier stages' VAE and text encoders")
-    if getattr(args, "deepen", 0):
+    if args.deepen:
         parts.append(f"{args.deepen} single blocks added to the transformer, each starting as the identity")
     if args.sprite_weight != 1.0:
         parts.append(f"the characters' pixels weighted {args.sprite_weight:g}×")
@@ -150,6 +150,6 @@ def write_finetune_card(folder: Path, previous_card: str, args, losses, seconds:
         "", "Reproduce (after the stages above): "
             f"`python -m protagonist.sprites.train_models {args.family} --finetune-from <previous stage folder> "
             f"--steps {args.steps} {_stop_flag(args)}--vae-grid-steps {args.vae_grid_steps} "
-            f"{_new_transformer_flags(args)}{_recipe_flags(args)}`",
+            f"{_transformer_flags(args)}{_recipe_flags(args)}`",
     ]
     (folder / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")

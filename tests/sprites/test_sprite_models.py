@@ -412,7 +412,7 @@ def test_a_card_names_the_single_images_shift_and_what_the_models_shift_still_se
                               ema=0.999, hide_modifiers=0.0, fold_modifiers=0.0, prenominal=0.5, held_panel=0.0,
                               held_layout="one", min_snr=0.0, threads=1, stop_after=None, grid_shift=grid_shift,
                               input_perturbation=0.0, single_shift=6.0, vae_grid_steps=0, new_transformer=None,
-                              init_seed=0)
+                              init_seed=0, deepen=0)
     write_finetune_card(tmp_path, "# card", args, [0.3], 100.0, 25_000_000)
     card = (tmp_path / "MODEL_CARD.md").read_text()
     assert "single images trained at flow shift 6" in card
