@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 def train_vae(vae, steps: int, batch: int, run_dir: Path, seed: int, lr: float = 1e-3) -> tuple[list[float], float]:
-    """Reconstruction (L1 + L2, which keeps the 1–2 px patterns sharper than L2 alone) + a light KL."""
+    """Reconstruction (L1 + L2, which keeps the small pattern marks sharper than L2 alone) + a light KL."""
 
     def loss(rng: np.random.Generator) -> torch.Tensor:
         images, _, _ = sprite_batch(rng, batch, grids=False)
